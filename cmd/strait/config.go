@@ -1,0 +1,67 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"strings"
+
+	"github.com/straitnet/strait/gateway/meshconf"
+)
+
+const defaultMesh = "/etc/strait/mesh.yaml"
+
+func configCmd(args []string) error {
+	if len(args) == 0 {
+		return usagef("config: which subcommand? (wg-quick, check)")
+	}
+	sub, args := args[0], args[1:]
+	switch sub {
+	case "wg-quick":
+		fs := flag.NewFlagSet("config wg-quick", flag.ContinueOnError)
+		mesh := fs.String("mesh", defaultMesh, "mesh configuration file")
+		key := fs.String("private-key-file", "", "where the plain host keeps its private key (default /etc/wireguard/SITE.key)")
+		// The site may come before the flags or after them.
+		site := ""
+		if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+			site, args = args[0], args[1:]
+		}
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		if site == "" && fs.NArg() == 1 {
+			site = fs.Arg(0)
+		} else if site == "" || fs.NArg() > 0 {
+			return usagef("config wg-quick: name exactly one site")
+		}
+		m, err := meshconf.Load(*mesh)
+		if err != nil {
+			return err
+		}
+		out, err := meshconf.WGQuick(m, site, *key)
+		if err != nil {
+			return err
+		}
+		fmt.Print(out)
+		return nil
+	case "check":
+		fs := flag.NewFlagSet("config check", flag.ContinueOnError)
+		mesh := fs.String("mesh", defaultMesh, "mesh configuration file")
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		m, err := meshconf.Load(*mesh)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("%s: valid: global CIDR %s, %d sites\n", *mesh, m.GlobalCIDR, len(m.Sites))
+		for _, s := range m.Sites {
+			nat := "no translation"
+			if s.Translated() {
+				nat = fmt.Sprintf("%s translated into it", s.PodCIDR)
+			}
+			fmt.Printf("  %-12s block %-16s %s\n", s.Name, s.Block, nat)
+		}
+		return nil
+	}
+	return usagef("config: unknown subcommand %q", sub)
+}

@@ -1,0 +1,77 @@
+// Command strait is strait's command-line tool: the lab, benchmarks, mesh
+// configuration helpers and gateway status.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+)
+
+// version is set at build time (-ldflags "-X main.version=...").
+var version = "dev"
+
+const usage = `strait: multi-cloud cluster mesh with centralized NAT.
+
+Usage:
+  strait lab up [--run ID] [--topology merger|pair|FILE]   build a lab and start its gateways
+  strait lab status [--run ID]                              hosts, gateways, tunnels of a lab
+  strait lab matrix [--run ID] [--paths]                    connectivity matrix from real traffic
+  strait lab exec [--run ID] HOST [-- COMMAND [ARGS...]]     run a command in a lab host (default: a shell)
+  strait lab wan [--run ID] SITE [--latency D] [--jitter D] [--loss PCT]   change a site's WAN link
+  strait lab down [--run ID | --all]                        remove a lab, also after a crash
+  strait lab ls                                             list labs
+  strait config wg-quick SITE [--mesh FILE] [--private-key-file PATH]
+                                                            wg-quick configuration for a plain WireGuard site
+  strait config check [--mesh FILE]                         validate a mesh configuration
+  strait status [--socket PATH] [--json]                    a gateway's status
+  strait bench NAME                                         run a benchmark (NAME: tunnel); one JSON line
+  strait version
+
+Run 'strait COMMAND SUBCOMMAND -h' for the flags of each.
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "lab":
+		err = labCmd(os.Args[2:])
+	case "config":
+		err = configCmd(os.Args[2:])
+	case "status":
+		err = statusCmd(os.Args[2:])
+	case "bench":
+		err = benchCmd(os.Args[2:])
+	case "version":
+		fmt.Println("strait", version)
+	case "-h", "--help", "help":
+		fmt.Print(usage)
+	default:
+		fmt.Fprintf(os.Stderr, "strait: unknown command %q\n\n%s", os.Args[1], usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		var ue usageError
+		if errors.As(err, &ue) {
+			fmt.Fprintf(os.Stderr, "strait: %v\n\n%s", err, usage)
+			os.Exit(2)
+		}
+		fmt.Fprintln(os.Stderr, "strait:", err)
+		os.Exit(1)
+	}
+}
+
+// usageError is a command line that does not parse.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }

@@ -1,0 +1,293 @@
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"debug/buildinfo"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/straitnet/strait/e2e/lab"
+	"github.com/straitnet/strait/e2e/netns"
+)
+
+const wireguardModule = "golang.zx2c4.com/wireguard"
+
+func init() {
+	register(Bench{
+		Name: "tunnel",
+		Doc: "iperf3 TCP throughput pod to pod across the tunnel between two sites, strait's gateway against " +
+			"the upstream wireguard-go binary of the same module version in the same topology; raw veth too",
+		Flags: func(fs *flag.FlagSet, c *Config) {
+			fs.DurationVar(&c.Duration, "duration", 8*time.Second, "length of one iperf3 measurement")
+			fs.IntVar(&c.Rounds, "rounds", 3, "measurements of each side, alternated; the median counts")
+		},
+		Run: runTunnel,
+	})
+}
+
+func runID(prefix string) string {
+	var b [3]byte
+	rand.Read(b[:])
+	return prefix + hex.EncodeToString(b[:])
+}
+
+func runTunnel(ctx context.Context, c Config) (Result, error) {
+	upstream := filepath.Join(c.BinDir, "wireguard-go")
+	want, err := ourWireGuardVersion()
+	if err != nil {
+		return Result{}, err
+	}
+	if err := checkUpstream(upstream, want); err != nil {
+		return Result{}, err
+	}
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		return Result{}, errors.New("bench tunnel: iperf3 is missing (`make deps` installs it)")
+	}
+	secs := max(int(c.Duration.Seconds()), 2)
+	rounds := max(c.Rounds, 1)
+
+	c.logf("raw veth between two namespaces, %ds...", secs)
+	raw, err := rawVeth(ctx, secs)
+	if err != nil {
+		return Result{}, err
+	}
+	c.logf("  %.2f Gbit/s", raw)
+
+	sides := []struct {
+		name string
+		opts lab.Options
+		lab  *lab.Lab
+		gbps []float64
+	}{
+		{name: "strait", opts: lab.Options{Run: runID("bs"), WireGuard: "userspace"}},
+		{name: "upstream", opts: lab.Options{Run: runID("bu"), WireGuard: "wireguard-go", WireGuardGo: upstream}},
+	}
+	for i := range sides {
+		s := &sides[i]
+		s.opts.GatewayBin, s.opts.StraitBin = c.GatewayBin, c.StraitBin
+		l, err := lab.Up(ctx, lab.Pair(), s.opts)
+		if err != nil {
+			return Result{}, fmt.Errorf("bench tunnel: %s lab: %w", s.name, err)
+		}
+		defer l.Down()
+		s.lab = l
+		if err := startIperfServer(l, "cloud-b-pod1"); err != nil {
+			return Result{}, err
+		}
+	}
+	for r := range rounds {
+		for k := range sides {
+			// Alternate who goes first, so that drift of the machine
+			// during the run hits both sides alike.
+			s := &sides[(k+r)%len(sides)]
+			g, err := iperfPods(ctx, s.lab, "cloud-a-pod1", "cloud-b-pod1", secs)
+			if err != nil {
+				return Result{}, fmt.Errorf("bench tunnel: %s: %w", s.name, err)
+			}
+			s.gbps = append(s.gbps, g)
+			c.logf("round %d: %-8s %.2f Gbit/s", r+1, s.name, g)
+		}
+	}
+	st, err := tunnelMTU(sides[0].lab)
+	if err != nil {
+		return Result{}, err
+	}
+	return Result{
+		Bench:         "tunnel",
+		Value:         median(sides[0].gbps),
+		Unit:          "Gbit/s",
+		Baseline:      fmt.Sprintf("upstream wireguard-go binary built from %s %s, same topology", wireguardModule, want),
+		BaselineValue: median(sides[1].gbps),
+		Extra: map[string]any{
+			"raw_veth_gbps":      round(raw),
+			"strait_rounds":      roundAll(sides[0].gbps),
+			"baseline_rounds":    roundAll(sides[1].gbps),
+			"seconds":            secs,
+			"tunnel_mtu":         st,
+			"path":               "pod-node-gateway(SNAT)-WireGuard-gateway(DNAT)-node-pod",
+			"raw_veth_vs_strait": round(raw / max(median(sides[0].gbps), 1e-9)),
+		},
+	}, nil
+}
+
+func roundAll(xs []float64) []float64 {
+	out := make([]float64, len(xs))
+	for i, x := range xs {
+		out[i] = round(x)
+	}
+	return out
+}
+
+// ourWireGuardVersion is the golang.zx2c4.com/wireguard version this binary
+// was built with: the one in go.mod.
+func ourWireGuardVersion() (string, error) {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "", errors.New("bench tunnel: no build information in this binary")
+	}
+	for _, d := range bi.Deps {
+		if d.Path == wireguardModule {
+			return d.Version, nil
+		}
+	}
+	return "", fmt.Errorf("bench tunnel: this binary does not include %s", wireguardModule)
+}
+
+// checkUpstream makes sure the baseline binary is wireguard-go's own main
+// package built from the same module version strait uses.
+func checkUpstream(path, want string) error {
+	bi, err := buildinfo.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("bench tunnel: upstream wireguard-go at %s: %w (`make build` builds it from the version in go.mod)", path, err)
+	}
+	if bi.Path != wireguardModule {
+		return fmt.Errorf("bench tunnel: %s is %s, not wireguard-go's main package %s", path, bi.Path, wireguardModule)
+	}
+	got := bi.Main.Version
+	for _, d := range bi.Deps {
+		if d.Path == wireguardModule {
+			got = d.Version
+		}
+	}
+	if got != want {
+		return fmt.Errorf("bench tunnel: %s was built from %s %s, strait uses %s: rebuild it (`make build`)", path, wireguardModule, got, want)
+	}
+	return nil
+}
+
+func startIperfServer(l *lab.Lab, host string) error {
+	cmd, err := l.Command(host, "iperf3", "-s", "-p", "5201")
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("bench: iperf3 server in %s: %w", host, err)
+	}
+	go cmd.Wait() // the lab's Down stops it
+	return nil
+}
+
+// iperfPods runs iperf3 from one pod to the lab server address of another
+// and returns the receiver's throughput in Gbit/s.
+func iperfPods(ctx context.Context, l *lab.Lab, from, to string, secs int) (float64, error) {
+	src, dst := l.MustHost(from), l.MustHost(to)
+	target := lab.Target(src, dst)
+	// Warm up: the handshake, ARP, and a reachable server.
+	if _, err := lab.Request(ctx, src, netip.AddrPortFrom(target, lab.ServePort), "tcp", 3*time.Second); err != nil {
+		return 0, fmt.Errorf("%s cannot reach %s at %s: %w", from, to, target, err)
+	}
+	return iperf(ctx, src.Namespace(), target, secs)
+}
+
+// iperf runs an iperf3 client inside ns against a server at target,
+// retrying while the server is not listening yet.
+func iperf(ctx context.Context, ns netns.NS, target netip.Addr, secs int) (float64, error) {
+	var last error
+	for try := 0; try < 30; try++ {
+		cmd := ns.Command("iperf3", "-c", target.String(), "-p", "5201", "-t", fmt.Sprint(secs), "-O", "1", "-J")
+		out, err := cmd.Output()
+		var res struct {
+			Error string `json:"error"`
+			End   struct {
+				SumReceived struct {
+					BitsPerSecond float64 `json:"bits_per_second"`
+				} `json:"sum_received"`
+			} `json:"end"`
+		}
+		if jerr := json.Unmarshal(out, &res); jerr != nil {
+			last = fmt.Errorf("iperf3: %v: %s", err, out)
+		} else if res.Error != "" {
+			last = fmt.Errorf("iperf3: %s", res.Error)
+		} else if err == nil {
+			return res.End.SumReceived.BitsPerSecond / 1e9, nil
+		}
+		if !strings.Contains(fmt.Sprint(last), "connect") && !strings.Contains(fmt.Sprint(last), "busy") {
+			return 0, last
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return 0, last
+}
+
+// rawVeth measures iperf3 over one bare veth between two namespaces.
+func rawVeth(ctx context.Context, secs int) (_ float64, err error) {
+	run := runID("bv")
+	a, err := netns.Add(netns.Prefix + run + "-a")
+	if err != nil {
+		return 0, err
+	}
+	defer netns.Delete(a.Name)
+	b, err := netns.Add(netns.Prefix + run + "-b")
+	if err != nil {
+		return 0, err
+	}
+	defer netns.Delete(b.Name)
+	ha, err := a.Handle()
+	if err != nil {
+		return 0, err
+	}
+	defer ha.Close()
+	hb, err := b.Handle()
+	if err != nil {
+		return 0, err
+	}
+	defer hb.Close()
+	fd, err := b.Open()
+	if err != nil {
+		return 0, err
+	}
+	defer fd.Close()
+	if err := ha.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(fd))}); err != nil {
+		return 0, fmt.Errorf("bench: veth: %w", err)
+	}
+	for i, h := range []*netlink.Handle{ha, hb} {
+		l, err := h.LinkByName("eth0")
+		if err != nil {
+			return 0, err
+		}
+		addr, _ := netlink.ParseAddr(fmt.Sprintf("10.99.0.%d/24", i+1))
+		if err := h.AddrAdd(l, addr); err != nil {
+			return 0, err
+		}
+		if err := h.LinkSetUp(l); err != nil {
+			return 0, err
+		}
+	}
+	srv := b.Command("iperf3", "-s", "-p", "5201")
+	if err := srv.Start(); err != nil {
+		return 0, err
+	}
+	defer func() { srv.Process.Kill(); srv.Wait() }()
+	return iperf(ctx, a, netip.MustParseAddr("10.99.0.2"), secs)
+}
+
+// tunnelMTU reads the tunnel MTU a gateway of the lab chose.
+func tunnelMTU(l *lab.Lab) (int, error) {
+	gw, _ := l.GatewayOf("cloud-a")
+	h, err := gw.Namespace().Handle()
+	if err != nil {
+		return 0, err
+	}
+	defer h.Close()
+	link, err := h.LinkByName(lab.TunnelInterface(l.Run, gw.Index))
+	if err != nil {
+		return 0, err
+	}
+	return link.Attrs().MTU, nil
+}

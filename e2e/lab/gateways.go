@@ -1,0 +1,319 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/straitnet/strait/gateway"
+	"github.com/straitnet/strait/gateway/meshconf"
+)
+
+// MeshDoc is the mesh configuration file the lab writes for its gateways,
+// in the format of package meshconf.
+type MeshDoc struct {
+	GlobalCIDR string     `yaml:"globalCIDR" json:"globalCIDR"`
+	Sites      []MeshSite `yaml:"sites" json:"sites"`
+}
+
+// MeshSite is one site of a MeshDoc.
+type MeshSite struct {
+	Name                string   `yaml:"name" json:"name"`
+	PublicKey           string   `yaml:"publicKey" json:"publicKey"`
+	Endpoint            string   `yaml:"endpoint,omitempty" json:"endpoint,omitempty"`
+	ListenPort          int      `yaml:"listenPort,omitempty" json:"listenPort,omitempty"`
+	Block               string   `yaml:"block" json:"block"`
+	PodCIDR             string   `yaml:"podCIDR,omitempty" json:"podCIDR,omitempty"`
+	Prefixes            []string `yaml:"prefixes,omitempty" json:"prefixes,omitempty"`
+	PersistentKeepalive string   `yaml:"persistentKeepalive,omitempty" json:"persistentKeepalive,omitempty"`
+}
+
+// MeshFile is the path of the lab's mesh configuration.
+func (l *Lab) MeshFile() string { return filepath.Join(l.Dir, "mesh.yaml") }
+
+// WriteMesh replaces the mesh configuration; the gateways pick it up on
+// their next pass. It is written atomically: gateways never read half a file.
+func (l *Lab) WriteMesh(m MeshDoc) error {
+	data, err := yaml.Marshal(m)
+	if err != nil {
+		return err
+	}
+	header := fmt.Sprintf("# strait mesh configuration of lab %q (topology %s), written by the lab.\n", l.Run, l.Topology.Name)
+	if err := l.WriteMeshRaw(append([]byte(header), data...)); err != nil {
+		return err
+	}
+	l.Mesh = m
+	return l.save()
+}
+
+// WriteMeshRaw writes the mesh file as given, valid or not.
+func (l *Lab) WriteMeshRaw(data []byte) error {
+	return writeFileAtomic(l.MeshFile(), data, 0o644)
+}
+
+// startGateways makes every site's key on the site itself, writes the mesh
+// configuration from the public keys, and starts the gateways.
+func (l *Lab) startGateways(ctx context.Context) error {
+	doc := MeshDoc{GlobalCIDR: l.Topology.GlobalCIDR.String()}
+	for _, s := range l.Topology.Sites {
+		dir := filepath.Join(l.Dir, s.Name)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		edge := l.edge(s.Name)
+		ms := MeshSite{Name: s.Name, Block: s.Block.String(),
+			Endpoint: netip.AddrPortFrom(edge.WAN, meshconf.DefaultListenPort).String()}
+		var pub []byte
+		var err error
+		if s.Kind == KindWireGuard {
+			pub, err = wgGenkey(edge, filepath.Join(dir, "private.key"))
+		} else {
+			ms.PodCIDR = s.PodCIDR.String()
+			pub, err = edge.Namespace().Command(l.Bins.Gateway, "keygen", "--state-dir", dir).Output()
+		}
+		if err != nil {
+			return fmt.Errorf("lab: key for %s: %w", s.Name, exitError(err))
+		}
+		ms.PublicKey = strings.TrimSpace(string(pub))
+		doc.Sites = append(doc.Sites, ms)
+	}
+	if err := l.WriteMesh(doc); err != nil {
+		return err
+	}
+	for _, h := range l.Hosts {
+		if h.Role == RoleGateway {
+			if err := l.StartGateway(h.Site); err != nil {
+				return err
+			}
+		}
+	}
+	for _, h := range l.Hosts {
+		if h.Role == RoleGateway {
+			if err := l.WaitGateway(ctx, h.Site, 20*time.Second); err != nil {
+				return err
+			}
+		}
+	}
+	l.logf("gateways up: %d sites meshed", len(doc.Sites))
+	return nil
+}
+
+// wgGenkey makes a plain WireGuard host's key the way its admin would, with
+// Debian's wg, and returns the public key.
+func wgGenkey(h Host, path string) ([]byte, error) {
+	priv, err := h.Namespace().Command("wg", "genkey").Output()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(path, priv, 0o600); err != nil {
+		return nil, err
+	}
+	cmd := h.Namespace().Command("wg", "pubkey")
+	cmd.Stdin = bytes.NewReader(priv)
+	return cmd.Output()
+}
+
+// StartGateway starts the gateway of a site.
+func (l *Lab) StartGateway(site string) error {
+	gw, ok := l.GatewayOf(site)
+	if !ok {
+		return fmt.Errorf("lab: site %q has no gateway", site)
+	}
+	args := []string{"run", "--site", site, "--mesh", l.MeshFile(), "--state-dir", filepath.Join(l.Dir, site),
+		"--interface", TunnelInterface(l.Run, gw.Index), "--wireguard", l.Bins.WireGuard,
+		"--interval", l.Bins.Interval, "--log-format", "text"}
+	if l.Bins.WireGuardGo != "" {
+		args = append(args, "--wireguard-go", l.Bins.WireGuardGo)
+	}
+	return l.spawn(gw, "gateway", filepath.Join(l.Dir, site, "gateway.log"), l.Bins.Gateway, args...)
+}
+
+// StopGateway stops the gateway of a site (SIGTERM, as an operator would).
+func (l *Lab) StopGateway(site string) error {
+	return l.stop(site+"-gw", "gateway")
+}
+
+// WaitGateway waits until a site's gateway reports ready with all its peers.
+func (l *Lab) WaitGateway(ctx context.Context, site string, timeout time.Duration) error {
+	want := len(l.Topology.Sites) - 1
+	deadline := time.Now().Add(timeout)
+	var last error
+	for time.Now().Before(deadline) {
+		st, err := gateway.FetchStatus(ctx, l.SocketOf(site))
+		switch {
+		case err != nil:
+			last = err
+		case !st.Ready:
+			last = errors.New("not ready")
+		case len(st.Tunnel.Peers) != want:
+			last = fmt.Errorf("%d of %d peers configured", len(st.Tunnel.Peers), want)
+		default:
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("lab: gateway of %s not ready after %s: %v\n%s", site, timeout, last, l.tail(filepath.Join(l.Dir, site, "gateway.log")))
+}
+
+// joinPlainSites brings up every plain WireGuard site the way its admin
+// would: `strait config wg-quick SITE` for the configuration, then
+// wg-quick with Debian's wireguard-go (there is no kernel module here).
+func (l *Lab) joinPlainSites(ctx context.Context) error {
+	for _, h := range l.Hosts {
+		if h.Role != RolePlain {
+			continue
+		}
+		dir := filepath.Join(l.Dir, h.Site)
+		conf, err := exec.CommandContext(ctx, l.Bins.Strait, "config", "wg-quick", h.Site,
+			"--mesh", l.MeshFile(), "--private-key-file", filepath.Join(dir, "private.key")).Output()
+		if err != nil {
+			return fmt.Errorf("lab: strait config wg-quick %s: %w", h.Site, exitError(err))
+		}
+		// wg-quick names the interface after the file.
+		path := filepath.Join(dir, TunnelInterface(l.Run, h.Index)+".conf")
+		if err := os.WriteFile(path, conf, 0o600); err != nil {
+			return err
+		}
+		cmd := h.Namespace().Command("wg-quick", "up", path)
+		cmd.Env = append(os.Environ(), "WG_QUICK_USERSPACE_IMPLEMENTATION=wireguard-go")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("lab: wg-quick up %s: %v\n%s", path, err, out)
+		}
+		l.logf("plain WireGuard site %s joined with wg-quick", h.Site)
+	}
+	return nil
+}
+
+// startServers starts the lab server in every pod and plain host and waits
+// until each answers.
+func (l *Lab) startServers(ctx context.Context) error {
+	eps := l.Endpoints()
+	for _, h := range eps {
+		if err := l.spawn(h, "server", filepath.Join(l.Dir, h.Name+".log"), l.Bins.Strait,
+			"lab", "serve", "--name", h.Name, "--port", strconv.Itoa(ServePort)); err != nil {
+			return err
+		}
+	}
+	for _, h := range eps {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			_, err := Request(ctx, h, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), ServePort), "tcp", time.Second)
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("lab: server in %s does not answer: %v\n%s", h.Name, err, l.tail(filepath.Join(l.Dir, h.Name+".log")))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	l.logf("servers up in %d pods and hosts", len(eps))
+	return nil
+}
+
+// spawn starts a long-running process inside a host, in a session of its
+// own so that it outlives the command that started the lab.
+func (l *Lab) spawn(h Host, what, logPath, bin string, args ...string) error {
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := h.Namespace().Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("lab: start %s in %s: %w", what, h.Name, err)
+	}
+	go cmd.Wait() // reap it if it exits while this process lives
+	l.Procs = append(l.Procs, Proc{Host: h.Name, What: what, Pid: cmd.Process.Pid, Log: logPath})
+	return nil
+}
+
+// stop sends SIGTERM to the processes of one kind in a host and waits for
+// them to exit.
+func (l *Lab) stop(host, what string) error {
+	var keep []Proc
+	var errs []error
+	for _, p := range l.Procs {
+		if p.Host != host || p.What != what {
+			keep = append(keep, p)
+			continue
+		}
+		if err := syscall.Kill(p.Pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
+			errs = append(errs, err)
+			continue
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for processAlive(p.Pid) && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if processAlive(p.Pid) {
+			errs = append(errs, fmt.Errorf("lab: %s in %s (pid %d) did not stop", what, host, p.Pid))
+		}
+	}
+	l.Procs = keep
+	return errors.Join(append(errs, l.save())...)
+}
+
+func processAlive(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(data, ')')
+	return i < 0 || i+2 >= len(data) || data[i+2] != 'Z'
+}
+
+// tail returns the end of a log file, for error messages.
+func (l *Lab) tail(path string) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if len(lines) > 15 {
+		lines = lines[len(lines)-15:]
+	}
+	return path + ":\n  " + strings.Join(lines, "\n  ")
+}
+
+// Command returns a command that runs inside a host.
+func (l *Lab) Command(host string, name string, args ...string) (*exec.Cmd, error) {
+	h, ok := l.Host(host)
+	if !ok {
+		return nil, fmt.Errorf("lab: no host %q in lab %s (hosts: %s)", host, l.Run, l.hostNames())
+	}
+	return h.Namespace().Command(name, args...), nil
+}
+
+func (l *Lab) hostNames() string {
+	var names []string
+	for _, h := range l.Hosts {
+		names = append(names, h.Name)
+	}
+	return strings.Join(names, ", ")
+}
+
+func exitError(err error) error {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && len(ee.Stderr) > 0 {
+		return fmt.Errorf("%v: %s", err, strings.TrimSpace(string(ee.Stderr)))
+	}
+	return err
+}

@@ -1,0 +1,303 @@
+// Package lab builds strait's lab: sites made of network namespaces, each
+// with a gateway host, node hosts and pods, joined by a simulated WAN with
+// configurable latency and loss.
+//
+// A Topology declares the sites; Plan turns it into hosts and addresses
+// (pure, tested without root); Up builds it for real, starts a strait
+// gateway in every gateway host and a small server in every pod; Down
+// removes all of it, also after a crash, by the run ID in every name.
+package lab
+
+import (
+	"bytes"
+	"fmt"
+	"net/netip"
+	"os"
+	"regexp"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/straitnet/strait/natpool"
+)
+
+// SiteKind says what stands at a site.
+type SiteKind string
+
+const (
+	// KindStrait is a cluster: a strait gateway, nodes and pods.
+	KindStrait SiteKind = "strait"
+	// KindWireGuard is one plain WireGuard host without strait, joined to
+	// the mesh with the configuration `strait config wg-quick` prints.
+	KindWireGuard SiteKind = "wireguard"
+)
+
+// Topology declares a lab.
+type Topology struct {
+	Name       string       `yaml:"name"`
+	GlobalCIDR netip.Prefix `yaml:"globalCIDR"`
+	Sites      []Site       `yaml:"sites"`
+}
+
+// Site is one site of the lab.
+type Site struct {
+	Name string   `yaml:"name"`
+	Kind SiteKind `yaml:"kind"`
+	// PodCIDR is the site's real CIDR; node n gets its n-th /24.
+	PodCIDR netip.Prefix `yaml:"podCIDR"`
+	// Block is the site's block of the global CIDR.
+	Block       netip.Prefix `yaml:"block"`
+	Nodes       int          `yaml:"nodes"`
+	PodsPerNode int          `yaml:"podsPerNode"`
+	WAN         WAN          `yaml:"wan"`
+}
+
+// WAN is the site's access link to the WAN router. Delay, jitter and loss
+// apply in both directions, so a packet from site A to site B is delayed by
+// A's latency plus B's. The lab's WAN emulator (package wanemu) applies them.
+type WAN struct {
+	Latency Duration `yaml:"latency"`
+	Jitter  Duration `yaml:"jitter"`
+	// Loss is the share of packets dropped, in percent.
+	Loss float64 `yaml:"loss"`
+}
+
+// Duration reads "20ms" from YAML.
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration such as 20ms", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Merger is the demo's topology: two clouds built on the same 10.0.0.0/16,
+// as after a company merger, and an on-premises site on 192.168.0.0/16, each
+// behind a strait gateway, a few milliseconds of WAN apart.
+func Merger() Topology {
+	return Topology{
+		Name:       "merger",
+		GlobalCIDR: netip.MustParsePrefix(natpool.DefaultGlobalCIDR),
+		Sites: []Site{
+			{Name: "cloud-a", PodCIDR: pfx("10.0.0.0/16"), Block: pfx("242.0.0.0/16"), Nodes: 2, PodsPerNode: 1, WAN: WAN{Latency: Duration(2 * time.Millisecond)}},
+			{Name: "cloud-b", PodCIDR: pfx("10.0.0.0/16"), Block: pfx("242.1.0.0/16"), Nodes: 2, PodsPerNode: 1, WAN: WAN{Latency: Duration(2 * time.Millisecond)}},
+			{Name: "onprem", PodCIDR: pfx("192.168.0.0/16"), Block: pfx("242.2.0.0/16"), Nodes: 1, PodsPerNode: 1, WAN: WAN{Latency: Duration(5 * time.Millisecond)}},
+		},
+	}
+}
+
+// Pair is two clouds on the same CIDR, one node and one pod each, and no
+// WAN impairment: the benchmark topology.
+func Pair() Topology {
+	return Topology{
+		Name:       "pair",
+		GlobalCIDR: netip.MustParsePrefix(natpool.DefaultGlobalCIDR),
+		Sites: []Site{
+			{Name: "cloud-a", PodCIDR: pfx("10.0.0.0/16"), Block: pfx("242.0.0.0/16"), Nodes: 1, PodsPerNode: 1},
+			{Name: "cloud-b", PodCIDR: pfx("10.0.0.0/16"), Block: pfx("242.1.0.0/16"), Nodes: 1, PodsPerNode: 1},
+		},
+	}
+}
+
+// Builtin returns a topology by name.
+func Builtin(name string) (Topology, bool) {
+	switch name {
+	case "merger":
+		return Merger(), true
+	case "pair":
+		return Pair(), true
+	}
+	return Topology{}, false
+}
+
+// LoadTopology reads a topology from a YAML file.
+func LoadTopology(path string) (Topology, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Topology{}, fmt.Errorf("lab: %w", err)
+	}
+	var t Topology
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&t); err != nil {
+		return Topology{}, fmt.Errorf("lab: topology %s: %w", path, err)
+	}
+	if !t.GlobalCIDR.IsValid() {
+		t.GlobalCIDR = netip.MustParsePrefix(natpool.DefaultGlobalCIDR)
+	}
+	return t, nil
+}
+
+func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+
+// Roles of hosts.
+const (
+	RoleWAN     = "wan"     // the WAN router
+	RoleSwitch  = "switch"  // a site's LAN switch
+	RoleGateway = "gateway" // a strait gateway
+	RoleNode    = "node"    // a cluster node
+	RolePod     = "pod"     // a pod on a node
+	RolePlain   = "plain"   // a plain WireGuard host (a site of KindWireGuard)
+)
+
+// Host is one network namespace of the lab.
+type Host struct {
+	Name string `json:"name"` // such as "cloud-a-pod1"
+	Site string `json:"site,omitempty"`
+	Role string `json:"role"`
+	NS   string `json:"ns"`
+	// Addr is the host's own address: a pod's pod IP, a node's or a
+	// gateway's LAN address, a plain host's mesh address.
+	Addr netip.Addr `json:"addr,omitzero"`
+	// Global is the address other sites reach the host at; invalid for
+	// hosts other sites cannot reach.
+	Global netip.Addr `json:"global,omitzero"`
+	// WAN is the gateway's or plain host's address on the WAN.
+	WAN netip.Addr `json:"wan,omitzero"`
+	// Node is the node a pod runs on; PodCIDR the pods' /24 of a node.
+	Node    string       `json:"node,omitempty"`
+	PodCIDR netip.Prefix `json:"podCIDR,omitzero"`
+	// Index numbers the host among its kind: the site's index for
+	// gateways and plain hosts, 1.. for nodes and pods.
+	Index int `json:"index"`
+}
+
+// Addressing of the lab's underlay. Every site's LAN uses the same subnet,
+// as real sites would. The WAN is a router with one link per site: site i
+// has 198.18.i.0/24 (RFC 2544's benchmarking range), the router .1, the
+// site's edge .2.
+var (
+	wanBits   = 24
+	lanNet    = pfx("172.31.0.0/24")
+	podGW     = netip.MustParseAddr("169.254.1.1") // pods' link-local default gateway
+	lanGWAddr = netip.MustParseAddr("172.31.0.1")
+)
+
+// ServePort is where every pod's lab server listens (TCP and UDP).
+const ServePort = 7777
+
+var runRE = regexp.MustCompile(`^[a-z0-9]{1,8}$`)
+
+// ValidRun checks a run ID: 1 to 8 lowercase letters and digits, so that
+// names built from it fit interface names and never prefix one another.
+func ValidRun(run string) error {
+	if !runRE.MatchString(run) {
+		return fmt.Errorf("lab: run ID %q: want 1 to 8 lowercase letters or digits", run)
+	}
+	return nil
+}
+
+// Plan lays out the hosts of a topology for a run: names, namespaces and
+// addresses. It validates the topology.
+func Plan(t Topology, run string) ([]Host, error) {
+	if err := ValidRun(run); err != nil {
+		return nil, err
+	}
+	if len(t.Sites) == 0 {
+		return nil, fmt.Errorf("lab: topology %q has no sites", t.Name)
+	}
+	if len(t.Sites) > 200 {
+		return nil, fmt.Errorf("lab: topology %q has %d sites; the WAN holds 200", t.Name, len(t.Sites))
+	}
+	ns := func(host string) string { return fmt.Sprintf("strait-%s-%s", run, host) }
+	hosts := []Host{{Name: "wan", Role: RoleWAN, NS: ns("wan")}}
+	seen := map[string]bool{}
+	for i, s := range t.Sites {
+		if !siteRE.MatchString(s.Name) {
+			return nil, fmt.Errorf("lab: site %q: want 1 to 15 lowercase letters, digits or '-'", s.Name)
+		}
+		if seen[s.Name] {
+			return nil, fmt.Errorf("lab: site %q appears twice", s.Name)
+		}
+		seen[s.Name] = true
+		if !s.Block.IsValid() || !natpool.Contains(t.GlobalCIDR, s.Block) {
+			return nil, fmt.Errorf("lab: site %s: block %s is not inside the global CIDR %s", s.Name, s.Block, t.GlobalCIDR)
+		}
+		wanAddr := wanAddr(i, 2)
+		switch s.Kind {
+		case KindWireGuard:
+			addr := s.Block.Addr().Next()
+			hosts = append(hosts, Host{Name: s.Name + "-host", Site: s.Name, Role: RolePlain, NS: ns(s.Name + "-host"),
+				Addr: addr, Global: addr, WAN: wanAddr, Index: i})
+			continue
+		case KindStrait, "":
+		default:
+			return nil, fmt.Errorf("lab: site %s: unknown kind %q (want strait or wireguard)", s.Name, s.Kind)
+		}
+		pm, err := natpool.NewPrefixMap(s.PodCIDR, s.Block)
+		if err != nil {
+			return nil, fmt.Errorf("lab: site %s: %w", s.Name, err)
+		}
+		nodes, ppn := max(s.Nodes, 1), max(s.PodsPerNode, 1)
+		if s.PodCIDR.Bits() > 23 || nodes > 200 || ppn > 200 || nodes+1 > 1<<(24-s.PodCIDR.Bits()) {
+			return nil, fmt.Errorf("lab: site %s: %d nodes of %d pods do not fit: each node takes a /24 of %s", s.Name, nodes, ppn, s.PodCIDR)
+		}
+		hosts = append(hosts,
+			Host{Name: s.Name + "-lan", Site: s.Name, Role: RoleSwitch, NS: ns(s.Name + "-lan")},
+			Host{Name: s.Name + "-gw", Site: s.Name, Role: RoleGateway, NS: ns(s.Name + "-gw"), Addr: lanGWAddr, WAN: wanAddr, Index: i},
+		)
+		pod := 0
+		for n := 1; n <= nodes; n++ {
+			lan := lanNet.Addr().As4()
+			lan[3] = byte(10 + n)
+			base := s.PodCIDR.Addr().As4()
+			base[2] += byte(n) // the n-th /24 of the pod CIDR
+			nodeCIDR := netip.PrefixFrom(netip.AddrFrom4(base), 24)
+			node := Host{Name: fmt.Sprintf("%s-node%d", s.Name, n), Site: s.Name, Role: RoleNode,
+				Addr: netip.AddrFrom4(lan), PodCIDR: nodeCIDR, Index: n}
+			node.NS = ns(node.Name)
+			hosts = append(hosts, node)
+			for j := 1; j <= ppn; j++ {
+				pod++
+				a := base
+				a[3] = byte(9 + j)
+				addr := netip.AddrFrom4(a)
+				global, _ := pm.ToGlobal(addr)
+				h := Host{Name: fmt.Sprintf("%s-pod%d", s.Name, pod), Site: s.Name, Role: RolePod,
+					Addr: addr, Global: global, Node: node.Name, Index: pod}
+				h.NS = ns(h.Name)
+				hosts = append(hosts, h)
+			}
+		}
+	}
+	return hosts, nil
+}
+
+var siteRE = regexp.MustCompile(`^[a-z0-9][-a-z0-9]{0,14}$`)
+
+// Endpoints returns the hosts that send and receive test traffic: pods and
+// plain WireGuard hosts.
+func Endpoints(hosts []Host) []Host {
+	var out []Host
+	for _, h := range hosts {
+		if h.Role == RolePod || h.Role == RolePlain {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// Target is the address src uses to reach dst: dst's own address inside
+// its site, its global address from elsewhere.
+func Target(src, dst Host) netip.Addr {
+	if src.Site == dst.Site {
+		return dst.Addr
+	}
+	return dst.Global
+}
+
+// wanAddr is host h (1: router, 2: site edge) on the WAN link of site i.
+func wanAddr(i, h int) netip.Addr {
+	return netip.AddrFrom4([4]byte{198, 18, byte(i), byte(h)})
+}
+
+// TunnelInterface is the WireGuard device name of the site with index i in
+// a run. Userspace devices share /var/run/wireguard across namespaces, so
+// the name carries the run ID.
+func TunnelInterface(run string, i int) string {
+	return fmt.Sprintf("wg-%s-%d", run, i)
+}

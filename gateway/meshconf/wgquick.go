@@ -1,0 +1,67 @@
+package meshconf
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+)
+
+// WGQuick renders the wg-quick(8) configuration with which a plain
+// WireGuard host, without strait, joins the mesh as site: its address is
+// the site's tunnel address, its peers are every other site with its
+// endpoint and AllowedIPs. The private key stays in privateKeyFile on that
+// host; PostUp loads it, so the configuration itself holds no secret.
+func WGQuick(m *Mesh, site, privateKeyFile string) (string, error) {
+	s, ok := m.Site(site)
+	if !ok {
+		return "", fmt.Errorf("meshconf: site %q is not in the mesh configuration (sites: %s)", site, names(m))
+	}
+	if s.Translated() {
+		return "", fmt.Errorf("meshconf: site %q translates podCIDR %s into its block %s, which needs a strait gateway; "+
+			"a plain WireGuard host uses its block's addresses directly: drop podCIDR from the site to join it without strait", site, s.PodCIDR, s.Block)
+	}
+	if privateKeyFile == "" {
+		privateKeyFile = "/etc/wireguard/" + site + ".key"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "# wg-quick configuration for site %q of the strait mesh (strait config wg-quick %s).\n", site, site)
+	fmt.Fprintf(&b, "# The private key stays on this host in %s; its public key must be\n", privateKeyFile)
+	fmt.Fprintf(&b, "# the site's publicKey, %s (wg pubkey < %s).\n", s.PublicKey, privateKeyFile)
+	if len(s.Prefixes) > 0 {
+		fmt.Fprintf(&b, "# This host routes %s for the mesh: enable forwarding (sysctl net.ipv4.ip_forward=1).\n", joinPrefixes(s.Prefixes))
+	}
+	b.WriteString("[Interface]\n")
+	fmt.Fprintf(&b, "Address = %s\n", netip.PrefixFrom(s.TunnelAddr(), 32))
+	fmt.Fprintf(&b, "ListenPort = %d\n", s.ListenPort)
+	fmt.Fprintf(&b, "PostUp = wg set %%i private-key %s\n", privateKeyFile)
+	for _, p := range m.Peers(site) {
+		fmt.Fprintf(&b, "\n[Peer]\n# %s\n", p.Name)
+		fmt.Fprintf(&b, "PublicKey = %s\n", p.PublicKey)
+		if p.Endpoint != "" {
+			fmt.Fprintf(&b, "Endpoint = %s\n", p.Endpoint)
+		}
+		fmt.Fprintf(&b, "AllowedIPs = %s\n", joinPrefixes(p.AllowedIPs()))
+		// This host keeps the NAT mapping of whatever sits in front of
+		// it alive, as strait gateways do for their peers.
+		if ka := s.PersistentKeepalive; ka > 0 {
+			fmt.Fprintf(&b, "PersistentKeepalive = %d\n", int(ka.Seconds()))
+		}
+	}
+	return b.String(), nil
+}
+
+func joinPrefixes(ps []netip.Prefix) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ", ")
+}
+
+func names(m *Mesh) string {
+	s := make([]string, len(m.Sites))
+	for i, site := range m.Sites {
+		s[i] = site.Name
+	}
+	return strings.Join(s, ", ")
+}
