@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/straitnet/strait/e2e/bench"
@@ -17,6 +19,10 @@ func benchCmd(args []string) error {
 		return usagef("bench: which benchmark? (%s)", bench.Names())
 	}
 	name, args := args[0], args[1:]
+	if name == "list" {
+		fmt.Println(strings.ReplaceAll(bench.Names(), ", ", "\n"))
+		return nil
+	}
 	b, ok := bench.Lookup(name)
 	if !ok {
 		return usagef("bench: unknown benchmark %q (%s)", name, bench.Names())

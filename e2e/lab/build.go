@@ -386,3 +386,56 @@ func (l *Lab) SetWAN(site string, w WAN) error {
 func prefixNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
+
+// RoleOutsider is a host on the WAN that belongs to no site, such as an
+// impostor in a test.
+const RoleOutsider = "outsider"
+
+// AttachWAN adds a host on the WAN outside every site: its own link to the
+// WAN router (198.19.k.0/24, the router .1, the host .2) and a default
+// route. Tests use it for hosts that try to get into the mesh.
+func (l *Lab) AttachWAN(name string) (_ Host, err error) {
+	if !siteRE.MatchString(name) {
+		return Host{}, fmt.Errorf("lab: host %q: want 1 to 15 lowercase letters, digits or '-'", name)
+	}
+	if _, ok := l.Host(name); ok {
+		return Host{}, fmt.Errorf("lab: host %q exists", name)
+	}
+	k := 0
+	for _, h := range l.Hosts {
+		if h.Role == RoleOutsider {
+			k++
+		}
+	}
+	router := netip.AddrFrom4([4]byte{198, 19, byte(k), 1})
+	h := Host{Name: name, Role: RoleOutsider, NS: fmt.Sprintf("strait-%s-%s", l.Run, name),
+		WAN: netip.AddrFrom4([4]byte{198, 19, byte(k), 2}), Index: k}
+	if _, err := netns.Add(h.NS); err != nil {
+		return Host{}, err
+	}
+	defer func() {
+		if err != nil {
+			netns.Delete(h.NS)
+		}
+	}()
+	if err := h.Namespace().Sysctl("net/ipv6/conf/all/disable_ipv6", "1"); err != nil {
+		return Host{}, err
+	}
+	b := &builder{handles: map[string]*netlink.Handle{}}
+	defer b.close()
+	wan, _ := l.Host("wan")
+	if err := b.veth(h.NS, "wan0", wan.NS, name); err != nil {
+		return Host{}, err
+	}
+	if err := b.addr(wan.NS, name, router, wanBits); err != nil {
+		return Host{}, err
+	}
+	if err := b.addr(h.NS, "wan0", h.WAN, wanBits); err != nil {
+		return Host{}, err
+	}
+	if err := b.route(h.NS, netip.Prefix{}, router, ""); err != nil {
+		return Host{}, err
+	}
+	l.Hosts = append(l.Hosts, h)
+	return h, l.save()
+}

@@ -91,21 +91,65 @@ func (l *Lab) startGateways(ctx context.Context) error {
 	if err := l.WriteMesh(doc); err != nil {
 		return err
 	}
+	// One after another, as real sites come up: a gateway's first
+	// handshake initiation then meets a peer that is either not there yet
+	// (it will initiate itself when it starts) or listening. Started
+	// together, two gateways send crossing initiations, each turns
+	// responder to the other's, both drop the response to their own, and
+	// the pair waits for WireGuard's 5s retransmission.
 	for _, h := range l.Hosts {
 		if h.Role == RoleGateway {
 			if err := l.StartGateway(h.Site); err != nil {
 				return err
 			}
-		}
-	}
-	for _, h := range l.Hosts {
-		if h.Role == RoleGateway {
 			if err := l.WaitGateway(ctx, h.Site, 20*time.Second); err != nil {
 				return err
 			}
 		}
 	}
-	l.logf("gateways up: %d sites meshed", len(doc.Sites))
+	return nil
+}
+
+// waitMeshed waits until every gateway has completed a handshake with
+// every peer that keeps its tunnel alive. A gateway that starts before its
+// peer listens sees its first initiation lost, and WireGuard retries only
+// after 5s (REKEY_TIMEOUT): without this wait, the first seconds of a lab
+// would depend on start order.
+func (l *Lab) waitMeshed(ctx context.Context, timeout time.Duration) error {
+	keepalive := map[string]bool{}
+	for _, s := range l.Mesh.Sites {
+		keepalive[s.Name] = s.PersistentKeepalive != "0s"
+	}
+	deadline := time.Now().Add(timeout)
+	for _, h := range l.Hosts {
+		if h.Role != RoleGateway {
+			continue
+		}
+		for {
+			st, err := gateway.FetchStatus(ctx, l.SocketOf(h.Site))
+			waiting := []string{}
+			if err != nil {
+				waiting = append(waiting, err.Error())
+			}
+			for _, p := range st.Tunnel.Peers {
+				if p.LastHandshake.IsZero() && keepalive[p.Site] && keepalive[h.Site] {
+					waiting = append(waiting, p.Site)
+				}
+			}
+			if len(waiting) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("lab: gateway of %s has no handshake with %s after %s\n%s", h.Site, strings.Join(waiting, ", "), timeout,
+					l.tail(filepath.Join(l.Dir, h.Site, "gateway.log")))
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
 	return nil
 }
 

@@ -124,6 +124,10 @@ func Up(ctx context.Context, t Topology, o Options) (_ *Lab, err error) {
 	if err := l.joinPlainSites(ctx); err != nil {
 		return nil, err
 	}
+	if err := l.waitMeshed(ctx, 20*time.Second); err != nil {
+		return nil, err
+	}
+	l.logf("tunnels up: every gateway has a WireGuard session with every peer (%s)", time.Since(start).Round(time.Millisecond))
 	if err := l.startServers(ctx); err != nil {
 		return nil, err
 	}

@@ -30,22 +30,29 @@ func WGQuick(m *Mesh, site, privateKeyFile string) (string, error) {
 	if len(s.Prefixes) > 0 {
 		fmt.Fprintf(&b, "# This host routes %s for the mesh: enable forwarding (sysctl net.ipv4.ip_forward=1).\n", joinPrefixes(s.Prefixes))
 	}
+	peers := m.Peers(site)
+	// wg-quick brings the device up before PostUp loads the key, so the
+	// first handshakes would fail and wait 5s for WireGuard's retry.
+	// Turning keepalives on after the key makes WireGuard send one at once,
+	// which starts every handshake right away.
+	postUp := "wg set %i private-key " + privateKeyFile
+	if ka := s.PersistentKeepalive; ka > 0 {
+		for _, p := range peers {
+			postUp += fmt.Sprintf(" peer %s persistent-keepalive %d", p.PublicKey, int(ka.Seconds()))
+		}
+	}
 	b.WriteString("[Interface]\n")
 	fmt.Fprintf(&b, "Address = %s\n", netip.PrefixFrom(s.TunnelAddr(), 32))
 	fmt.Fprintf(&b, "ListenPort = %d\n", s.ListenPort)
-	fmt.Fprintf(&b, "PostUp = wg set %%i private-key %s\n", privateKeyFile)
-	for _, p := range m.Peers(site) {
+	b.WriteString("# Loads the private key, then turns on keepalives (every peer).\n")
+	fmt.Fprintf(&b, "PostUp = %s\n", postUp)
+	for _, p := range peers {
 		fmt.Fprintf(&b, "\n[Peer]\n# %s\n", p.Name)
 		fmt.Fprintf(&b, "PublicKey = %s\n", p.PublicKey)
 		if p.Endpoint != "" {
 			fmt.Fprintf(&b, "Endpoint = %s\n", p.Endpoint)
 		}
 		fmt.Fprintf(&b, "AllowedIPs = %s\n", joinPrefixes(p.AllowedIPs()))
-		// This host keeps the NAT mapping of whatever sits in front of
-		// it alive, as strait gateways do for their peers.
-		if ka := s.PersistentKeepalive; ka > 0 {
-			fmt.Fprintf(&b, "PersistentKeepalive = %d\n", int(ka.Seconds()))
-		}
 	}
 	return b.String(), nil
 }

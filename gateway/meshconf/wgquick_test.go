@@ -21,21 +21,20 @@ func TestWGQuick(t *testing.T) {
 [Interface]
 Address = 242.3.0.1/32
 ListenPort = 40000
-PostUp = wg set %i private-key /etc/wireguard/branch.key
+# Loads the private key, then turns on keepalives (every peer).
+PostUp = wg set %i private-key /etc/wireguard/branch.key peer ` + keyA + ` persistent-keepalive 25 peer ` + keyB + ` persistent-keepalive 25
 
 [Peer]
 # cloud-a
 PublicKey = ` + keyA + `
 Endpoint = 203.0.113.10:51820
 AllowedIPs = 242.0.0.0/16
-PersistentKeepalive = 25
 
 [Peer]
 # cloud-b
 PublicKey = ` + keyB + `
 Endpoint = gw.cloud-b.example:51821
 AllowedIPs = 242.1.0.0/16
-PersistentKeepalive = 25
 `
 	if got != want {
 		t.Errorf("got:\n%s\nwant:\n%s", got, want)
