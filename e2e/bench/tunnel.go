@@ -30,8 +30,8 @@ func init() {
 		Doc: "iperf3 TCP throughput pod to pod across the tunnel between two sites, strait's gateway against " +
 			"the upstream wireguard-go binary of the same module version in the same topology; raw veth too",
 		Flags: func(fs *flag.FlagSet, c *Config) {
-			fs.DurationVar(&c.Duration, "duration", 8*time.Second, "length of one iperf3 measurement")
-			fs.IntVar(&c.Rounds, "rounds", 3, "measurements of each side, alternated; the median counts")
+			fs.DurationVar(&c.Duration, "duration", 6*time.Second, "length of one iperf3 measurement")
+			fs.IntVar(&c.Rounds, "rounds", 5, "measurements of each side, alternated; the median counts")
 		},
 		Run: runTunnel,
 	})

@@ -1,0 +1,140 @@
+package lab
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
+
+// render prints a plan one host a line, for comparison in table tests.
+func render(hosts []Host) string {
+	var b strings.Builder
+	for _, h := range hosts {
+		fmt.Fprintf(&b, "%s %s %s", h.Name, h.Role, h.NS)
+		if h.Addr.IsValid() {
+			fmt.Fprintf(&b, " addr=%s", h.Addr)
+		}
+		if h.Global.IsValid() {
+			fmt.Fprintf(&b, " global=%s", h.Global)
+		}
+		if h.WAN.IsValid() {
+			fmt.Fprintf(&b, " wan=%s", h.WAN)
+		}
+		if h.PodCIDR.IsValid() {
+			fmt.Fprintf(&b, " pods=%s", h.PodCIDR)
+		}
+		if h.Node != "" {
+			fmt.Fprintf(&b, " on=%s", h.Node)
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+func TestPlanMerger(t *testing.T) {
+	hosts, err := Plan(Merger(), "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `wan wan strait-demo-wan
+cloud-a-lan switch strait-demo-cloud-a-lan
+cloud-a-gw gateway strait-demo-cloud-a-gw addr=172.31.0.1 wan=198.18.0.2
+cloud-a-node1 node strait-demo-cloud-a-node1 addr=172.31.0.11 pods=10.0.1.0/24
+cloud-a-pod1 pod strait-demo-cloud-a-pod1 addr=10.0.1.10 global=242.0.1.10 on=cloud-a-node1
+cloud-a-node2 node strait-demo-cloud-a-node2 addr=172.31.0.12 pods=10.0.2.0/24
+cloud-a-pod2 pod strait-demo-cloud-a-pod2 addr=10.0.2.10 global=242.0.2.10 on=cloud-a-node2
+cloud-b-lan switch strait-demo-cloud-b-lan
+cloud-b-gw gateway strait-demo-cloud-b-gw addr=172.31.0.1 wan=198.18.1.2
+cloud-b-node1 node strait-demo-cloud-b-node1 addr=172.31.0.11 pods=10.0.1.0/24
+cloud-b-pod1 pod strait-demo-cloud-b-pod1 addr=10.0.1.10 global=242.1.1.10 on=cloud-b-node1
+cloud-b-node2 node strait-demo-cloud-b-node2 addr=172.31.0.12 pods=10.0.2.0/24
+cloud-b-pod2 pod strait-demo-cloud-b-pod2 addr=10.0.2.10 global=242.1.2.10 on=cloud-b-node2
+onprem-lan switch strait-demo-onprem-lan
+onprem-gw gateway strait-demo-onprem-gw addr=172.31.0.1 wan=198.18.2.2
+onprem-node1 node strait-demo-onprem-node1 addr=172.31.0.11 pods=192.168.1.0/24
+onprem-pod1 pod strait-demo-onprem-pod1 addr=192.168.1.10 global=242.2.1.10 on=onprem-node1
+`
+	if got := render(hosts); got != want {
+		t.Errorf("plan:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+func TestPlanPodsAndPlainSite(t *testing.T) {
+	topo := Topology{Name: "x", GlobalCIDR: pfx("242.0.0.0/8"), Sites: []Site{
+		{Name: "c", PodCIDR: pfx("10.8.0.0/20"), Block: pfx("242.9.16.0/20"), Nodes: 1, PodsPerNode: 2},
+		{Name: "branch", Kind: KindWireGuard, Block: pfx("242.3.0.0/16")},
+	}}
+	hosts, err := Plan(topo, "r1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `wan wan strait-r1-wan
+c-lan switch strait-r1-c-lan
+c-gw gateway strait-r1-c-gw addr=172.31.0.1 wan=198.18.0.2
+c-node1 node strait-r1-c-node1 addr=172.31.0.11 pods=10.8.1.0/24
+c-pod1 pod strait-r1-c-pod1 addr=10.8.1.10 global=242.9.17.10 on=c-node1
+c-pod2 pod strait-r1-c-pod2 addr=10.8.1.11 global=242.9.17.11 on=c-node1
+branch-host plain strait-r1-branch-host addr=242.3.0.1 global=242.3.0.1 wan=198.18.1.2
+`
+	if got := render(hosts); got != want {
+		t.Errorf("plan:\n%s\nwant:\n%s", got, want)
+	}
+	eps := Endpoints(hosts)
+	if len(eps) != 3 {
+		t.Fatalf("endpoints %v", eps)
+	}
+	if got := Target(eps[0], eps[1]); got.String() != "10.8.1.11" {
+		t.Errorf("same site: target %s, want the real address", got)
+	}
+	if got := Target(eps[2], eps[0]); got.String() != "242.9.17.10" {
+		t.Errorf("across sites: target %s, want the global address", got)
+	}
+}
+
+func TestPlanRefuses(t *testing.T) {
+	good := Pair()
+	tests := []struct {
+		name string
+		run  string
+		edit func(*Topology)
+		want string
+	}{
+		{"bad run ID", "Demo", func(*Topology) {}, "run ID"},
+		{"run ID too long", "abcdefghi", func(*Topology) {}, "run ID"},
+		{"no sites", "r", func(t *Topology) { t.Sites = nil }, "no sites"},
+		{"duplicate site", "r", func(t *Topology) { t.Sites[1].Name = t.Sites[0].Name }, "appears twice"},
+		{"site name too long", "r", func(t *Topology) { t.Sites[0].Name = "a-very-long-site-name" }, "1 to 15"},
+		{"block outside", "r", func(t *Topology) { t.Sites[0].Block = pfx("10.9.0.0/16") }, "not inside the global CIDR"},
+		{"lengths differ", "r", func(t *Topology) { t.Sites[0].PodCIDR = pfx("10.0.0.0/20") }, "prefix lengths differ"},
+		{"too many nodes", "r", func(t *Topology) {
+			t.Sites[0].PodCIDR, t.Sites[0].Block, t.Sites[0].Nodes = pfx("10.0.0.0/23"), pfx("242.0.0.0/23"), 2
+		}, "do not fit"},
+		{"unknown kind", "r", func(t *Topology) { t.Sites[0].Kind = "vpn" }, "unknown kind"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			topo := good
+			topo.Sites = append([]Site(nil), good.Sites...)
+			tt.edit(&topo)
+			if _, err := Plan(topo, tt.run); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("Plan = %v, want an error saying %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestTunnelInterfaceFits(t *testing.T) {
+	if n := TunnelInterface("abcdefgh", 199); len(n) > 15 {
+		t.Errorf("%q is longer than an interface name may be", n)
+	}
+}
+
+func TestParseReply(t *testing.T) {
+	r, err := parseReply("strait-lab name=cloud-b-pod1 local=10.0.1.10:7777 peer=242.0.1.10:40000\n")
+	if err != nil || r.Name != "cloud-b-pod1" || r.Peer.String() != "242.0.1.10:40000" {
+		t.Errorf("parseReply = %+v, %v", r, err)
+	}
+	if _, err := parseReply("HTTP/1.1 400 Bad Request"); err == nil {
+		t.Error("accepted a reply from something else")
+	}
+}
