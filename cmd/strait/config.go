@@ -3,7 +3,6 @@ package main
 import (
 	"flag"
 	"fmt"
-	"strings"
 
 	"github.com/straitnet/strait/gateway/meshconf"
 )
@@ -20,19 +19,14 @@ func configCmd(args []string) error {
 		fs := flag.NewFlagSet("config wg-quick", flag.ContinueOnError)
 		mesh := fs.String("mesh", defaultMesh, "mesh configuration file")
 		key := fs.String("private-key-file", "", "where the plain host keeps its private key (default /etc/wireguard/SITE.key)")
-		// The site may come before the flags or after them.
-		site := ""
-		if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-			site, args = args[0], args[1:]
-		}
-		if err := fs.Parse(args); err != nil {
+		pos, err := parse(fs, args)
+		if err != nil {
 			return err
 		}
-		if site == "" && fs.NArg() == 1 {
-			site = fs.Arg(0)
-		} else if site == "" || fs.NArg() > 0 {
+		if len(pos) != 1 {
 			return usagef("config wg-quick: name exactly one site")
 		}
+		site := pos[0]
 		m, err := meshconf.Load(*mesh)
 		if err != nil {
 			return err

@@ -222,10 +222,11 @@ func labWAN(args []string) error {
 	latency := fs.Duration("latency", 0, "one-way delay added on the site's WAN link, each direction")
 	jitter := fs.Duration("jitter", 0, "jitter of the delay")
 	loss := fs.Float64("loss", 0, "packet loss in percent, each direction")
-	if err := fs.Parse(args); err != nil {
+	pos, err := parse(fs, args)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
+	if len(pos) != 1 {
 		return usagef("lab wan: name one site")
 	}
 	l, err := lab.Open(*run, *dir)
@@ -233,10 +234,10 @@ func labWAN(args []string) error {
 		return err
 	}
 	w := lab.WAN{Latency: lab.Duration(*latency), Jitter: lab.Duration(*jitter), Loss: *loss}
-	if err := l.SetWAN(fs.Arg(0), w); err != nil {
+	if err := l.SetWAN(pos[0], w); err != nil {
 		return err
 	}
-	fmt.Printf("WAN of %s: latency %s, jitter %s, loss %g%%\n", fs.Arg(0), *latency, *jitter, *loss)
+	fmt.Printf("WAN of %s: latency %s, jitter %s, loss %g%%\n", pos[0], *latency, *jitter, *loss)
 	return nil
 }
 

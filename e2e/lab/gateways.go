@@ -16,6 +16,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/straitnet/strait/e2e/netns"
 	"github.com/straitnet/strait/gateway"
 	"github.com/straitnet/strait/gateway/meshconf"
 )
@@ -194,6 +195,9 @@ func (l *Lab) WaitGateway(ctx context.Context, site string, timeout time.Duratio
 	deadline := time.Now().Add(timeout)
 	var last error
 	for time.Now().Before(deadline) {
+		if pid := l.pidOf(site+"-gw", "gateway"); pid != 0 && !netns.Alive(pid) {
+			return fmt.Errorf("lab: gateway of %s exited\n%s", site, l.tail(filepath.Join(l.Dir, site, "gateway.log")))
+		}
 		st, err := gateway.FetchStatus(ctx, l.SocketOf(site))
 		switch {
 		case err != nil:
@@ -304,10 +308,10 @@ func (l *Lab) stop(host, what string) error {
 			continue
 		}
 		deadline := time.Now().Add(5 * time.Second)
-		for processAlive(p.Pid) && time.Now().Before(deadline) {
+		for netns.Alive(p.Pid) && time.Now().Before(deadline) {
 			time.Sleep(10 * time.Millisecond)
 		}
-		if processAlive(p.Pid) {
+		if netns.Alive(p.Pid) {
 			errs = append(errs, fmt.Errorf("lab: %s in %s (pid %d) did not stop", what, host, p.Pid))
 		}
 	}
@@ -315,13 +319,14 @@ func (l *Lab) stop(host, what string) error {
 	return errors.Join(append(errs, l.save())...)
 }
 
-func processAlive(pid int) bool {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
+// pidOf returns the process of one kind in a host, or 0.
+func (l *Lab) pidOf(host, what string) int {
+	for _, p := range l.Procs {
+		if p.Host == host && p.What == what {
+			return p.Pid
+		}
 	}
-	i := bytes.LastIndexByte(data, ')')
-	return i < 0 || i+2 >= len(data) || data[i+2] != 'Z'
+	return 0
 }
 
 // tail returns the end of a log file, for error messages.

@@ -213,7 +213,7 @@ func (ns NS) Kill(grace time.Duration) error {
 	deadline := time.Now().Add(grace)
 	for time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
-		pids = slices.DeleteFunc(pids, func(pid int) bool { return !alive(pid) })
+		pids = slices.DeleteFunc(pids, func(pid int) bool { return !Alive(pid) })
 		if len(pids) == 0 {
 			return nil
 		}
@@ -222,7 +222,7 @@ func (ns NS) Kill(grace time.Duration) error {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
 	for range 100 {
-		pids = slices.DeleteFunc(pids, func(pid int) bool { return !alive(pid) })
+		pids = slices.DeleteFunc(pids, func(pid int) bool { return !Alive(pid) })
 		if len(pids) == 0 {
 			return nil
 		}
@@ -231,9 +231,9 @@ func (ns NS) Kill(grace time.Duration) error {
 	return fmt.Errorf("netns: %s: processes %v survive SIGKILL", ns.Name, pids)
 }
 
-// alive reports whether pid still runs (a zombie does not count: it holds
+// Alive reports whether pid still runs (a zombie does not count: it holds
 // nothing but its exit status).
-func alive(pid int) bool {
+func Alive(pid int) bool {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return false
