@@ -80,6 +80,8 @@ bench: deps build
 FUZZTIME ?= 30s
 fuzz:
 	$(GO) test ./gateway/meshconf -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+	$(GO) test ./e2e/lab/wanemu -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME)
+	$(GO) test ./e2e/lab -run '^$$' -fuzz FuzzParseReply -fuzztime $(FUZZTIME)
 
 clean:
 	rm -rf $(BIN)

@@ -138,3 +138,14 @@ func TestParseReply(t *testing.T) {
 		t.Error("accepted a reply from something else")
 	}
 }
+
+func FuzzParseReply(f *testing.F) {
+	f.Add("strait-lab name=a local=10.0.1.10:7777 peer=242.0.1.10:40000\n")
+	f.Add("strait-lab peer=[::1]:80")
+	f.Fuzz(func(t *testing.T, s string) {
+		r, err := parseReply(s)
+		if err == nil && r.Peer.IsValid() && !strings.Contains(s, r.Peer.Addr().String()) && !r.Peer.Addr().Is4In6() {
+			t.Fatalf("peer %s not in %q", r.Peer, s)
+		}
+	})
+}

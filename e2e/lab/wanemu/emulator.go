@@ -314,7 +314,13 @@ func Daemon(ctx context.Context, path string, log *slog.Logger) error {
 		return err
 	}
 	log.Info("WAN emulator running", "links", len(f.Config.Links), "generation", f.Generation)
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel() // the watcher stops with Run, whyever Run returns
+	wg.Add(1)
 	go func() {
+		defer wg.Done()
 		t := time.NewTicker(100 * time.Millisecond)
 		defer t.Stop()
 		for {
