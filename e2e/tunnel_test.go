@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -56,6 +58,11 @@ func TestTunnelDevice(t *testing.T) {
 	if strings.Join(got, ",") != want {
 		t.Errorf("routes into the tunnel:\n%s\nwant:\n%s", strings.Join(got, "\n"), want)
 	}
+	// The rest of the global CIDR is unreachable, never sent out the WAN.
+	out, err := gw.Namespace().Command("ip", "route", "show", "proto", "245", "type", "unreachable").Output()
+	if err != nil || strings.TrimSpace(string(out)) != "unreachable 242.0.0.0/8" {
+		t.Errorf("unreachable routes: %q %v; want the global CIDR", out, err)
+	}
 }
 
 // TestPeerRemovedAndRestored takes onprem out of the mesh file: cloud-a
@@ -86,6 +93,16 @@ func TestPeerRemovedAndRestored(t *testing.T) {
 	out, _ := gw.Namespace().Command("ip", "route", "show", "proto", "245").Output()
 	if strings.Contains(string(out), "242.2.0.0/16") || !strings.Contains(string(out), "242.1.0.0/16") {
 		t.Errorf("cloud-a's tunnel routes after removing onprem:\n%s", out)
+	}
+	// Traffic for the departed block meets the unreachable route: it does
+	// not leave through the WAN untranslated.
+	h, err := gw.Namespace().Handle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if routes, err := h.RouteGet(net.ParseIP("242.2.1.10")); !errors.Is(err, syscall.EHOSTUNREACH) {
+		t.Errorf("route lookup for onprem's block after onprem left: %v, %v; want EHOSTUNREACH", routes, err)
 	}
 	if _, err := lab.Request(context.Background(), l.MustHost("cloud-a-pod1"),
 		netip.AddrPortFrom(l.MustHost("onprem-pod1").Global, lab.ServePort), "tcp", 500*time.Millisecond); err == nil {

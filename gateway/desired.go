@@ -37,6 +37,7 @@ func derive(m *meshconf.Mesh, self string, key wgtypes.Key, iface string, mtu in
 			ListenPort: me.ListenPort,
 			MTU:        mtu,
 			Address:    me.TunnelAddr(),
+			Mesh:       m.GlobalCIDR,
 		},
 		nat: nat.Rules{Tunnel: iface, Keep: []netip.Addr{me.TunnelAddr()}},
 	}

@@ -46,8 +46,8 @@ func TestDeriveTranslatedSite(t *testing.T) {
 		t.Fatal(err)
 	}
 	tc := d.tunnel
-	if tc.PrivateKey != k[1] || tc.ListenPort != 51821 || tc.Address.String() != "242.1.0.1" {
-		t.Errorf("tunnel = key ok %v, port %d, address %s", tc.PrivateKey == k[1], tc.ListenPort, tc.Address)
+	if tc.PrivateKey != k[1] || tc.ListenPort != 51821 || tc.Address.String() != "242.1.0.1" || tc.Mesh.String() != "242.0.0.0/8" {
+		t.Errorf("tunnel = key ok %v, port %d, address %s, mesh %s", tc.PrivateKey == k[1], tc.ListenPort, tc.Address, tc.Mesh)
 	}
 	var peers []string
 	for _, p := range tc.Peers {

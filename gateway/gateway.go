@@ -89,21 +89,45 @@ type Gateway struct {
 	opts   Options
 	log    *slog.Logger
 	key    wgtypes.Key
-	engine *tunnel.Engine
-	nat    *nat.Table
+	engine engine
+	nat    natTable
 
 	mu sync.Mutex // guards the fields below
-	// current is what the gateway runs on: the last good configuration.
-	current     desired
-	currentHash string
-	appliedAt   time.Time
-	// seenHash is the file content last looked at, good or bad.
+	// wanted is the last valid configuration read from the file;
+	// current is the last one applied in full, what the host runs on.
+	// They differ while applying wanted fails.
+	wanted, current         desired
+	wantedHash, currentHash string
+	appliedAt               time.Time
+	// seenHash is the file content last looked at, good or bad, and
+	// seenErr why it was refused, if it was.
 	seenHash string
-	// configErr says why the file's content was refused; applyErr why
-	// the last pass failed to bring the host to the configuration.
+	seenErr  Problem
+	// configErr says why the file's content is refused; applyErr why the
+	// last pass failed to bring the host to the wanted configuration.
 	configErr, applyErr Problem
 	ready               bool
 }
+
+// engine is what the gateway needs of the tunnel engine.
+type engine interface {
+	Apply(context.Context, tunnel.Config) error
+	Status() (tunnel.Status, error)
+	Implementation() tunnel.Mode
+	Close() error
+}
+
+// natTable is what the gateway needs of the NAT table.
+type natTable interface {
+	Apply(nat.Rules) error
+	InSync(nat.Rules) (bool, error)
+	Close() error
+}
+
+var (
+	_ engine   = (*tunnel.Engine)(nil)
+	_ natTable = (*nat.Table)(nil)
+)
 
 // Keygen makes the gateway's private key in stateDir if there is none and
 // returns its public key.
@@ -129,7 +153,7 @@ func Run(ctx context.Context, opts Options, reload <-chan struct{}) error {
 // Start loads the key and the mesh configuration, opens the device and
 // applies the configuration. Any failure here stops the start: there is no
 // last good configuration yet.
-func Start(ctx context.Context, opts Options) (_ *Gateway, err error) {
+func Start(ctx context.Context, opts Options) (*Gateway, error) {
 	if err := opts.setDefaults(); err != nil {
 		return nil, err
 	}
@@ -153,31 +177,41 @@ func Start(ctx context.Context, opts Options) (_ *Gateway, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %s: %w", opts.MeshFile, err)
 	}
-	g := &Gateway{opts: opts, log: log, key: key}
-	g.engine, err = tunnel.Open(tunnel.Options{
+	eng, err := tunnel.Open(tunnel.Options{
 		Interface: opts.Interface, Mode: opts.WireGuard, WireGuardGo: opts.WireGuardGo, Logger: opts.Logger,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	defer func() {
-		if err != nil {
-			g.engine.Close()
-		}
-	}()
-	g.nat, err = nat.New()
+	tab, err := nat.New()
 	if err != nil {
+		eng.Close()
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	if err := g.apply(ctx, want); err != nil {
-		g.nat.Close()
-		return nil, fmt.Errorf("gateway: %w", err)
+	g := newGateway(opts, log, key, eng, tab)
+	if err := g.start(ctx, want, hash(data)); err != nil {
+		g.Close()
+		return nil, err
 	}
-	h := hash(data)
-	g.current, g.currentHash, g.seenHash, g.appliedAt, g.ready = want, h, h, time.Now(), true
-	log.Info("gateway started", "interface", opts.Interface, "implementation", g.engine.Implementation(),
-		"peers", len(want.tunnel.Peers), "config", h[:12])
+	log.Info("gateway started", "interface", opts.Interface, "implementation", eng.Implementation(),
+		"peers", len(want.tunnel.Peers), "config", short(g.currentHash))
 	return g, nil
+}
+
+func newGateway(opts Options, log *slog.Logger, key wgtypes.Key, eng engine, tab natTable) *Gateway {
+	return &Gateway{opts: opts, log: log, key: key, engine: eng, nat: tab}
+}
+
+// start applies the first configuration; it must succeed.
+func (g *Gateway) start(ctx context.Context, want desired, h string) error {
+	if err := g.apply(ctx, want); err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.wanted, g.wantedHash, g.current, g.currentHash, g.seenHash = want, h, want, h, h
+	g.appliedAt, g.ready = time.Now(), true
+	return nil
 }
 
 // Close stops the device. The NAT table stays: conntrack and the table keep
@@ -209,74 +243,73 @@ func (g *Gateway) Loop(ctx context.Context, reload <-chan struct{}) error {
 	}
 }
 
-// reconcile is one pass of the loop.
+// reconcile is one pass of the loop: read the file, apply what is wanted,
+// and only then call it current.
 func (g *Gateway) reconcile(ctx context.Context) {
-	want := g.next()
+	want, h := g.next()
 	err := g.apply(ctx, want)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if err != nil {
 		if err.Error() != g.applyErr.Msg {
-			g.log.Error("reconcile failed; retrying", "err", err)
+			g.log.Error("applying the configuration failed; retrying", "config", short(h), "running", short(g.currentHash), "err", err)
 		}
 		g.applyErr = Problem{Msg: err.Error(), At: time.Now()}
 		return
 	}
 	if g.applyErr.Msg != "" {
-		g.log.Info("reconcile succeeded again")
+		g.log.Info("configuration applied after failures", "config", short(h))
 	}
 	g.applyErr = Problem{}
+	if h != g.currentHash {
+		g.current, g.currentHash, g.appliedAt = want, h, time.Now()
+		g.log.Info("configuration applied", "config", short(h), "peers", len(want.tunnel.Peers))
+	}
 }
 
-// Problem is an error the gateway reports in its status until it clears.
-type Problem struct {
-	Msg string    `json:"message,omitempty"`
-	At  time.Time `json:"at,omitzero"`
-}
-
-// next returns the state to reconcile to: the mesh file's, if it changed
-// and is valid, else the last good one.
-func (g *Gateway) next() desired {
+// next reads the mesh file and returns the configuration to reconcile to:
+// the file's, if it is valid, else the last valid one.
+func (g *Gateway) next() (desired, string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	data, err := os.ReadFile(g.opts.MeshFile)
 	if err != nil {
-		g.refuse("", fmt.Errorf("%w; keeping the last good configuration", err))
-		return g.current
+		g.refuse(Problem{Msg: fmt.Sprintf("%v; keeping the last good configuration", err), At: time.Now()})
+		return g.wanted, g.wantedHash
 	}
 	h := hash(data)
-	if h == g.currentHash {
-		// Back to the configuration that runs (perhaps after a bad edit).
-		g.seenHash, g.configErr = h, Problem{}
-		return g.current
-	}
-	if h == g.seenHash {
-		return g.current // refused before; said so then
+	switch h {
+	case g.wantedHash:
+		// Unchanged, or back to it after a bad edit.
+		g.seenHash, g.seenErr, g.configErr = h, Problem{}, Problem{}
+		return g.wanted, g.wantedHash
+	case g.seenHash:
+		g.configErr = g.seenErr // refused before; said so then
+		return g.wanted, g.wantedHash
 	}
 	g.seenHash = h
 	m, err := meshconf.Parse(g.opts.MeshFile, data)
 	if err == nil {
 		var want desired
-		want, err = derive(m, g.opts.Site, g.key, g.opts.Interface, g.opts.MTU)
-		if err == nil {
-			g.log.Info("mesh configuration changed", "config", h[:12], "peers", len(want.tunnel.Peers))
-			g.current, g.currentHash, g.appliedAt = want, h, time.Now()
-			g.configErr = Problem{}
-			return want
+		if want, err = derive(m, g.opts.Site, g.key, g.opts.Interface, g.opts.MTU); err == nil {
+			g.log.Info("mesh configuration changed", "config", short(h), "peers", len(want.tunnel.Peers))
+			g.wanted, g.wantedHash = want, h
+			g.seenErr, g.configErr = Problem{}, Problem{}
+			return want, h
 		}
 		err = fmt.Errorf("%s: %w", g.opts.MeshFile, err)
 	}
-	g.refuse(h, err)
-	return g.current
+	g.seenErr = Problem{Msg: err.Error(), At: time.Now()}
+	g.refuse(g.seenErr)
+	return g.wanted, g.wantedHash
 }
 
-// refuse records a refused configuration; it is logged once per content.
-func (g *Gateway) refuse(h string, err error) {
-	msg := err.Error()
-	if msg != g.configErr.Msg {
-		g.log.Error("mesh configuration refused; running on the last good one", "config", short(h), "current", short(g.currentHash), "err", msg)
+// refuse records a refused configuration; it is logged once per message.
+func (g *Gateway) refuse(p Problem) {
+	if p.Msg != g.configErr.Msg {
+		g.log.Error("mesh configuration refused; running on the last good one", "running", short(g.currentHash), "err", p.Msg)
 	}
-	g.configErr = Problem{Msg: msg, At: time.Now()}
+	g.configErr = p
 }
 
 // apply brings the device and the NAT table to want; both are idempotent
@@ -308,4 +341,10 @@ func short(h string) string {
 		return h[:12]
 	}
 	return h
+}
+
+// Problem is an error the gateway reports in its status until it clears.
+type Problem struct {
+	Msg string    `json:"message,omitempty"`
+	At  time.Time `json:"at,omitzero"`
 }

@@ -20,9 +20,14 @@ type Status struct {
 	PublicKey string `json:"publicKey"`
 	Ready     bool   `json:"ready"`
 	Config    struct {
-		File      string    `json:"file"`
+		File string `json:"file"`
+		// Hash identifies the configuration the host runs on, applied
+		// in full at AppliedAt.
 		Hash      string    `json:"hash"`
 		AppliedAt time.Time `json:"appliedAt"`
+		// Pending is a valid newer configuration that is not applied in
+		// full yet (see ApplyError).
+		Pending string `json:"pending,omitempty"`
 		// Refused says why the file's current content was refused; the
 		// gateway runs on the configuration of Hash meanwhile.
 		Refused *Problem `json:"refused,omitempty"`
@@ -50,6 +55,9 @@ func (g *Gateway) Status() Status {
 	st.Config.File = g.opts.MeshFile
 	st.Config.Hash = short(g.currentHash)
 	st.Config.AppliedAt = g.appliedAt
+	if g.wantedHash != g.currentHash {
+		st.Config.Pending = short(g.wantedHash)
+	}
 	if g.configErr.Msg != "" {
 		p := g.configErr
 		st.Config.Refused = &p

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -254,20 +255,25 @@ func labDown(args []string) error {
 			return err
 		}
 	}
+	// Every run, even when one fails: --all is what cleans up after crashes.
+	var errs []error
 	for _, r := range runs {
 		if err := lab.Down(r, *dir); err != nil {
-			return err
+			errs = append(errs, fmt.Errorf("lab %s: %w", r, err))
+			continue
 		}
 		left, err := lab.Leftovers(r, *dir)
 		if err != nil {
-			return err
+			errs = append(errs, err)
+			continue
 		}
 		if len(left) > 0 {
-			return fmt.Errorf("lab %s: left behind: %s", r, strings.Join(left, ", "))
+			errs = append(errs, fmt.Errorf("lab %s: left behind: %s", r, strings.Join(left, ", ")))
+			continue
 		}
 		fmt.Printf("lab %q is down\n", r)
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 func labLs(args []string) error {

@@ -50,7 +50,11 @@ func printStatus(w io.Writer, st gateway.Status) {
 			st.Config.Refused.At.Format(time.TimeOnly), strings.ReplaceAll(st.Config.Refused.Msg, "\n", "\n    "))
 	}
 	if st.ApplyError != nil {
-		fmt.Fprintf(w, "  APPLY FAILING since %s: %s\n", st.ApplyError.At.Format(time.TimeOnly), st.ApplyError.Msg)
+		pending := ""
+		if st.Config.Pending != "" {
+			pending = " config " + st.Config.Pending
+		}
+		fmt.Fprintf(w, "  APPLYING%s FAILS since %s: %s\n", pending, st.ApplyError.At.Format(time.TimeOnly), st.ApplyError.Msg)
 	}
 	for _, m := range st.NAT {
 		fmt.Fprintf(w, "  nat: %s <-> %s\n", m.Real, m.Global)

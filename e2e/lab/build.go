@@ -173,7 +173,7 @@ func (l *Lab) wirePod(b *builder, node, pod Host) error {
 	}
 	hl, err := nh.LinkByName(hostSide)
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: %s: %w", node.NS, hostSide, err)
 	}
 	if err := nh.RouteAdd(&netlink.Route{LinkIndex: hl.Attrs().Index, Dst: prefixNet(netip.PrefixFrom(pod.Addr, 32)), Scope: netlink.SCOPE_LINK}); err != nil {
 		return fmt.Errorf("route to pod: %w", err)
@@ -184,7 +184,7 @@ func (l *Lab) wirePod(b *builder, node, pod Host) error {
 	}
 	pl, err := ph.LinkByName("eth0")
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: eth0: %w", pod.NS, err)
 	}
 	// The link-local gateway is the node's end of the veth: a permanent
 	// neighbour entry saves the ARP round and the proxy ARP on the node.
@@ -240,9 +240,12 @@ func (b *builder) bridge(ns string) error {
 	}
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
 	if err := h.LinkAdd(br); err != nil {
-		return fmt.Errorf("%s: bridge: %w", ns, err)
+		return fmt.Errorf("%s: add bridge br0: %w", ns, err)
 	}
-	return h.LinkSetUp(br)
+	if err := h.LinkSetUp(br); err != nil {
+		return fmt.Errorf("%s: bridge br0 up: %w", ns, err)
+	}
+	return nil
 }
 
 func (b *builder) port(ns, name string) error {
@@ -252,13 +255,16 @@ func (b *builder) port(ns, name string) error {
 	}
 	br, err := h.LinkByName("br0")
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: bridge br0: %w", ns, err)
 	}
 	link, err := h.LinkByName(name)
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: %s: %w", ns, name, err)
 	}
-	return h.LinkSetMaster(link, br)
+	if err := h.LinkSetMaster(link, br); err != nil {
+		return fmt.Errorf("%s: %s into bridge br0: %w", ns, name, err)
+	}
+	return nil
 }
 
 func (b *builder) addr(ns, dev string, a netip.Addr, bits int) error {
@@ -268,7 +274,7 @@ func (b *builder) addr(ns, dev string, a netip.Addr, bits int) error {
 	}
 	link, err := h.LinkByName(dev)
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: %s: %w", ns, dev, err)
 	}
 	if err := h.AddrAdd(link, addrNet(a, bits)); err != nil {
 		return fmt.Errorf("%s: address %s/%d on %s: %w", ns, a, bits, dev, err)
@@ -288,7 +294,7 @@ func (b *builder) route(ns string, dst netip.Prefix, via netip.Addr, dev string)
 	if dev != "" {
 		link, err := h.LinkByName(dev)
 		if err != nil {
-			return err
+			return fmt.Errorf("%s: %s: %w", ns, dev, err)
 		}
 		r.LinkIndex = link.Attrs().Index
 	}

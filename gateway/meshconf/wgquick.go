@@ -35,16 +35,18 @@ func WGQuick(m *Mesh, site, privateKeyFile string) (string, error) {
 	// first handshakes would fail and wait 5s for WireGuard's retry.
 	// Turning keepalives on after the key makes WireGuard send one at once,
 	// which starts every handshake right away.
+	// Each peer gets the keepalive it asks for (its persistentKeepalive:
+	// what peers send to it), as strait gateways do among themselves.
 	postUp := "wg set %i private-key " + privateKeyFile
-	if ka := s.PersistentKeepalive; ka > 0 {
-		for _, p := range peers {
+	for _, p := range peers {
+		if ka := p.PersistentKeepalive; ka > 0 {
 			postUp += fmt.Sprintf(" peer %s persistent-keepalive %d", p.PublicKey, int(ka.Seconds()))
 		}
 	}
 	b.WriteString("[Interface]\n")
 	fmt.Fprintf(&b, "Address = %s\n", netip.PrefixFrom(s.TunnelAddr(), 32))
 	fmt.Fprintf(&b, "ListenPort = %d\n", s.ListenPort)
-	b.WriteString("# Loads the private key, then turns on keepalives (every peer).\n")
+	b.WriteString("# Loads the private key, then turns on keepalives where peers want them.\n")
 	fmt.Fprintf(&b, "PostUp = %s\n", postUp)
 	for _, p := range peers {
 		fmt.Fprintf(&b, "\n[Peer]\n# %s\n", p.Name)

@@ -9,7 +9,9 @@
 package nat
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -79,7 +81,14 @@ type rule struct {
 	exprs   []expr.Any
 }
 
+// programVersion changes whenever program compiles the same Rules into
+// different rules, so that a gateway upgraded in place replaces the table a
+// previous version left.
+const programVersion = 1
+
 // program compiles Rules into the table's rules, chain by chain in order.
+// Each rule's comment says what it does and ends with a digest of the whole
+// rule, by which InSync recognises it.
 func program(r Rules) []rule {
 	var out []rule
 	for _, m := range r.Maps {
@@ -87,25 +96,40 @@ func program(r Rules) []rule {
 			matchIfname(expr.MetaKeyIIFNAME, r.Tunnel),
 			matchPrefix(offDaddr, m.Global),
 		)
+		desc := fmt.Sprintf("in: %s to %s", m.Global, m.Real)
 		for _, k := range r.Keep {
 			if m.Global.Contains(k) {
 				exprs = append(exprs, notAddr(offDaddr, k)...)
+				desc += fmt.Sprintf(", not %s", k)
 			}
 		}
-		out = append(out, rule{"prerouting", fmt.Sprintf("in: %s to %s", m.Global, m.Real),
-			append(exprs, natPrefix(expr.NATTypeDestNAT, m.Real)...)})
+		out = append(out, rule{chain: "prerouting", comment: desc,
+			exprs: append(exprs, natPrefix(expr.NATTypeDestNAT, m.Real)...)})
 	}
 	for _, m := range r.Maps {
-		out = append(out, rule{"postrouting", fmt.Sprintf("out: %s as %s", m.Real, m.Global),
-			slices.Concat(
+		out = append(out, rule{chain: "postrouting", comment: fmt.Sprintf("out: %s as %s", m.Real, m.Global),
+			exprs: slices.Concat(
 				matchIfname(expr.MetaKeyOIFNAME, r.Tunnel),
 				matchPrefix(offSaddr, m.Real),
 				natPrefix(expr.NATTypeSourceNAT, m.Global),
 			)})
 	}
-	out = append(out, rule{"forward", "clamp TCP MSS to the tunnel MTU",
-		append(matchIfname(expr.MetaKeyOIFNAME, r.Tunnel), clampMSS()...)})
+	out = append(out, rule{chain: "forward", comment: "clamp TCP MSS to the tunnel MTU",
+		exprs: append(matchIfname(expr.MetaKeyOIFNAME, r.Tunnel), clampMSS()...)})
+	for i := range out {
+		out[i].comment += " #" + digest(out[i])
+	}
 	return out
+}
+
+// digest identifies a compiled rule: its chain and every expression.
+func digest(ru rule) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "v%d %s", programVersion, ru.chain)
+	for _, e := range ru.exprs {
+		fmt.Fprintf(h, " %T%+v", e, e)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:8]
 }
 
 // Apply replaces the table with the program for r, atomically: packets see
@@ -138,11 +162,12 @@ func (t *Table) Apply(r Rules) error {
 	return nil
 }
 
-// InSync reports whether the table in the kernel still holds the program
-// for r: the same chains, and in each the same rules in the same order,
-// told apart by their comments, which name what each rule translates.
-// Someone flushing or deleting the table, or adding, deleting or reordering
-// rules or chains, makes it false.
+// InSync reports whether the kernel still holds the program for r: the
+// same base chains (type, hook, priority, policy) and in each the same
+// rules in the same order, recognised by the digest in their comments.
+// Someone flushing or deleting the table, adding, deleting or reordering
+// rules or chains, or changing a chain's policy makes it false; so does a
+// table an older program or another tunnel name left.
 func (t *Table) InSync(r Rules) (bool, error) {
 	chains, err := t.conn.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
 	if err != nil {
@@ -155,30 +180,38 @@ func (t *Table) InSync(r Rules) (bool, error) {
 			continue
 		}
 		found++
-		if !slices.ContainsFunc(chainSpecs, func(s chainSpec) bool { return s.name == ch.Name }) {
+		i := slices.IndexFunc(chainSpecs, func(s chainSpec) bool { return s.name == ch.Name })
+		if i < 0 || !chainSpecs[i].matches(ch) {
 			return false, nil
 		}
 		rules, err := t.conn.GetRules(table, ch)
 		if err != nil {
 			return false, fmt.Errorf("nat: list rules of %s: %w", ch.Name, err)
 		}
-		var expect []rule
+		var expect []string
 		for _, w := range want {
 			if w.chain == ch.Name {
-				expect = append(expect, w)
+				expect = append(expect, w.comment)
 			}
 		}
 		if len(rules) != len(expect) {
 			return false, nil
 		}
 		for i, got := range rules {
-			comment, _ := userdata.GetString(got.UserData, userdata.TypeComment)
-			if comment != expect[i].comment {
+			if comment, _ := userdata.GetString(got.UserData, userdata.TypeComment); comment != expect[i] {
 				return false, nil
 			}
 		}
 	}
 	return found == len(chainSpecs), nil
+}
+
+// matches reports whether a chain read from the kernel is this spec.
+func (s chainSpec) matches(ch *nftables.Chain) bool {
+	return ch.Type == s.typ &&
+		ch.Hooknum != nil && *ch.Hooknum == *s.hook &&
+		ch.Priority != nil && *ch.Priority == *s.priority &&
+		(ch.Policy == nil || *ch.Policy == nftables.ChainPolicyAccept)
 }
 
 // Remove deletes the table, if it exists.

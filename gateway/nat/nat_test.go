@@ -2,6 +2,7 @@ package nat
 
 import (
 	"net/netip"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -37,6 +38,8 @@ func newTable(t *testing.T) (*Table, netns.NS) {
 	return tab, ns
 }
 
+var digestRE = regexp.MustCompile(` #[0-9a-f]{8}`)
+
 func nft(t *testing.T, ns netns.NS, args ...string) string {
 	t.Helper()
 	out, err := ns.Command("nft", args...).CombinedOutput()
@@ -57,23 +60,23 @@ func TestApplyReadsNaturally(t *testing.T) {
 	if err := tab.Apply(rules); err != nil {
 		t.Fatal(err)
 	}
-	got := nft(t, ns, "list", "table", "ip", "strait")
+	got := digestRE.ReplaceAllString(nft(t, ns, "list", "table", "ip", "strait"), " #digest")
 	want := `table ip strait {
 	chain prerouting {
 		type nat hook prerouting priority dstnat; policy accept;
-		iifname "wg-t-0" ip daddr 242.0.0.0/16 ip daddr != 242.0.0.1 dnat prefix to 10.0.0.0/16 comment "in: 242.0.0.0/16 to 10.0.0.0/16"
-		iifname "wg-t-0" ip daddr 242.0.240.0/20 dnat prefix to 10.96.0.0/20 comment "in: 242.0.240.0/20 to 10.96.0.0/20"
+		iifname "wg-t-0" ip daddr 242.0.0.0/16 ip daddr != 242.0.0.1 dnat prefix to 10.0.0.0/16 comment "in: 242.0.0.0/16 to 10.0.0.0/16, not 242.0.0.1 #digest"
+		iifname "wg-t-0" ip daddr 242.0.240.0/20 dnat prefix to 10.96.0.0/20 comment "in: 242.0.240.0/20 to 10.96.0.0/20 #digest"
 	}
 
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
-		oifname "wg-t-0" ip saddr 10.0.0.0/16 snat prefix to 242.0.0.0/16 comment "out: 10.0.0.0/16 as 242.0.0.0/16"
-		oifname "wg-t-0" ip saddr 10.96.0.0/20 snat prefix to 242.0.240.0/20 comment "out: 10.96.0.0/20 as 242.0.240.0/20"
+		oifname "wg-t-0" ip saddr 10.0.0.0/16 snat prefix to 242.0.0.0/16 comment "out: 10.0.0.0/16 as 242.0.0.0/16 #digest"
+		oifname "wg-t-0" ip saddr 10.96.0.0/20 snat prefix to 242.0.240.0/20 comment "out: 10.96.0.0/20 as 242.0.240.0/20 #digest"
 	}
 
 	chain forward {
 		type filter hook forward priority mangle; policy accept;
-		oifname "wg-t-0" tcp flags syn / syn,rst tcp option maxseg size set rt mtu comment "clamp TCP MSS to the tunnel MTU"
+		oifname "wg-t-0" tcp flags syn / syn,rst tcp option maxseg size set rt mtu comment "clamp TCP MSS to the tunnel MTU #digest"
 	}
 }
 `
@@ -97,6 +100,7 @@ func TestInSyncSeesDriftAndApplyRepairs(t *testing.T) {
 		{"rule added", []string{"add", "rule", "ip", "strait", "prerouting", "ip", "daddr", "242.0.0.9", "dnat", "to", "10.9.9.9"}},
 		{"chain deleted", []string{"delete", "chain", "ip", "strait", "forward"}},
 		{"chain added", []string{"add", "chain", "ip", "strait", "extra"}},
+		{"policy changed", []string{"add", "chain", "ip", "strait", "forward", "{ type filter hook forward priority mangle; policy drop; }"}},
 	}
 	for _, d := range drifts {
 		t.Run(d.name, func(t *testing.T) {
@@ -125,12 +129,21 @@ func TestInSyncSeesDriftAndApplyRepairs(t *testing.T) {
 func TestInSyncSeesChangedRules(t *testing.T) {
 	tab, _ := newTable(t)
 	a := Rules{Tunnel: "wg0", Maps: []natpool.PrefixMap{mustMap(t, "10.0.0.0/16", "242.0.0.0/16")}}
-	b := Rules{Tunnel: "wg0", Maps: []natpool.PrefixMap{mustMap(t, "10.0.0.0/16", "242.5.0.0/16")}}
+	changes := map[string]Rules{
+		"another block":   {Tunnel: "wg0", Maps: []natpool.PrefixMap{mustMap(t, "10.0.0.0/16", "242.5.0.0/16")}},
+		"another tunnel":  {Tunnel: "strait0", Maps: a.Maps},
+		"an address kept": {Tunnel: "wg0", Maps: a.Maps, Keep: []netip.Addr{netip.MustParseAddr("242.0.0.1")}},
+	}
 	if err := tab.Apply(a); err != nil {
 		t.Fatal(err)
 	}
-	if ok, _ := tab.InSync(b); ok {
-		t.Error("InSync(b) true while the kernel holds a")
+	if ok, err := tab.InSync(a); !ok || err != nil {
+		t.Fatalf("InSync(a) = %v, %v right after applying a", ok, err)
+	}
+	for name, b := range changes {
+		if ok, _ := tab.InSync(b); ok {
+			t.Errorf("%s: InSync true while the kernel holds the old rules", name)
+		}
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -81,7 +82,12 @@ type Config struct {
 	// Address is the gateway's own address in the mesh, put on the device
 	// as a /32 and used as the source of routes into the tunnel.
 	Address netip.Addr
-	Peers   []Peer
+	// Mesh is the global CIDR. What of it no peer claims is unreachable
+	// (an "unreachable" route): traffic for a block whose site is gone
+	// gets an ICMP error instead of leaving through the underlay
+	// untranslated.
+	Mesh  netip.Prefix
+	Peers []Peer
 }
 
 // Peer is one remote site.
@@ -111,7 +117,10 @@ type Engine struct {
 	log  *slog.Logger
 	now  func() time.Time
 
-	mu sync.Mutex // guards applied, names, mtu
+	// applyMu serialises Apply; mu guards the fields below, which Status
+	// reads, and is never held across I/O that may block (DNS, netlink).
+	applyMu sync.Mutex
+	mu      sync.Mutex
 	// applied is the resolved endpoint last set for each peer.
 	applied map[wgtypes.Key]netip.AddrPort
 	// names maps peer keys to site names, for status.
@@ -188,8 +197,11 @@ func (e *Engine) Close() error {
 // Apply brings the device to cfg: key, port, peers, MTU, address, routes.
 // Peers that are the same in cfg as on the device are not touched.
 func (e *Engine) Apply(ctx context.Context, cfg Config) error {
+	e.applyMu.Lock()
+	defer e.applyMu.Unlock()
 	e.mu.Lock()
-	defer e.mu.Unlock()
+	applied := maps.Clone(e.applied)
+	e.mu.Unlock()
 
 	want := make([]wantPeer, 0, len(cfg.Peers))
 	var underlay []int
@@ -201,7 +213,7 @@ func (e *Engine) Apply(ctx context.Context, cfg Config) error {
 			if err != nil {
 				// Leave the peer's endpoint as it is; a later pass retries.
 				e.log.Warn("cannot resolve peer endpoint", "peer", p.Name, "endpoint", p.Endpoint, "err", err)
-				w.endpoint = e.applied[p.PublicKey]
+				w.endpoint = applied[p.PublicKey]
 			} else {
 				w.endpoint = ap
 			}
@@ -219,7 +231,7 @@ func (e *Engine) Apply(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("tunnel: read %s: %w", e.name, err)
 	}
-	wc := wgtypes.Config{Peers: planPeers(dev.Peers, want, e.applied)}
+	wc := wgtypes.Config{Peers: planPeers(dev.Peers, want, applied)}
 	if dev.PrivateKey != cfg.PrivateKey {
 		wc.PrivateKey = &cfg.PrivateKey
 	}
@@ -235,20 +247,17 @@ func (e *Engine) Apply(ctx context.Context, cfg Config) error {
 				"added", !pc.UpdateOnly && !pc.Remove, "removed", pc.Remove, "endpoint", pc.Endpoint)
 		}
 	}
-	clear(e.names)
+	names := make(map[wgtypes.Key]string, len(want))
+	newApplied := make(map[wgtypes.Key]netip.AddrPort, len(want))
 	for _, w := range want {
-		e.names[w.PublicKey] = w.Name
-	}
-	for k := range e.applied {
-		if _, ok := e.names[k]; !ok {
-			delete(e.applied, k)
-		}
-	}
-	for _, w := range want {
+		names[w.PublicKey] = w.Name
 		if w.endpoint.IsValid() {
-			e.applied[w.PublicKey] = w.endpoint
+			newApplied[w.PublicKey] = w.endpoint
 		}
 	}
+	e.mu.Lock()
+	e.names, e.applied = names, newApplied
+	e.mu.Unlock()
 
 	mtu := cfg.MTU
 	if mtu == 0 {
@@ -266,7 +275,43 @@ func (e *Engine) Apply(ctx context.Context, cfg Config) error {
 	if err := e.configureLink(mtu, cfg.Address, routes); err != nil {
 		return err
 	}
+	if err := e.unreachable(cfg.Mesh); err != nil {
+		return err
+	}
+	e.mu.Lock()
 	e.mtu = mtu
+	e.mu.Unlock()
+	return nil
+}
+
+// unreachable keeps one "unreachable" route, owned by the engine, for the
+// global CIDR, and removes any other it owns (the global CIDR changed).
+func (e *Engine) unreachable(mesh netip.Prefix) error {
+	current, err := netlink.RouteListFiltered(netlink.FAMILY_V4,
+		&netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN, Type: unix.RTN_UNREACHABLE},
+		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE|netlink.RT_FILTER_TYPE)
+	if err != nil {
+		return fmt.Errorf("tunnel: list unreachable routes: %w", err)
+	}
+	have := false
+	for _, r := range current {
+		if r.Dst != nil && mesh.IsValid() && prefixOf(*r.Dst) == mesh {
+			have = true
+			continue
+		}
+		if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("tunnel: remove stale unreachable route %v: %w", r.Dst, err)
+		}
+	}
+	if !mesh.IsValid() || have {
+		return nil
+	}
+	r := &netlink.Route{Dst: &ipNets([]netip.Prefix{mesh})[0], Type: unix.RTN_UNREACHABLE,
+		Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}
+	if err := netlink.RouteReplace(r); err != nil {
+		return fmt.Errorf("tunnel: unreachable route for %s: %w", mesh, err)
+	}
+	e.log.Info("global CIDR unreachable but for peers' blocks", "globalCIDR", mesh)
 	return nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"container/heap"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -86,10 +87,15 @@ type Stats struct {
 
 // Emulator holds packets of impaired links for their delay.
 type Emulator struct {
-	log   *slog.Logger
-	sock  *queueSocket
-	rules *rules
-	nums  []uint16
+	log  *slog.Logger
+	sock *queueSocket
+	nums []uint16
+
+	// rulesMu serialises Update against Run's teardown: they share the
+	// nftables connection, and no rule may be installed once Run stopped.
+	rulesMu sync.Mutex
+	rules   *rules
+	stopped bool
 
 	mu      sync.Mutex // guards the fields below
 	byQueue map[uint16]queueLink
@@ -153,6 +159,11 @@ func (e *Emulator) Update(cfg Config) error {
 			return fmt.Errorf("wanemu: queue %d of link %s was not bound at start", q, by[q].Site)
 		}
 	}
+	e.rulesMu.Lock()
+	defer e.rulesMu.Unlock()
+	if e.stopped {
+		return errors.New("wanemu: the emulator has stopped")
+	}
 	e.mu.Lock()
 	e.byQueue = by
 	e.mu.Unlock()
@@ -189,7 +200,11 @@ func (e *Emulator) Run(ctx context.Context) error {
 		}
 	}
 	wg.Wait()
+	e.rulesMu.Lock()
+	e.stopped = true
 	rerr := e.rules.remove()
+	e.rules.close()
+	e.rulesMu.Unlock()
 	e.mu.Lock()
 	for _, v := range e.pending {
 		e.sock.verdict(v.queue, v.id, verdictAccept)
@@ -197,7 +212,6 @@ func (e *Emulator) Run(ctx context.Context) error {
 	e.pending = nil
 	e.mu.Unlock()
 	e.sock.close(e.nums)
-	e.rules.close()
 	if err != nil {
 		return err
 	}
