@@ -50,13 +50,13 @@ demo: deps build
 	@$(BIN)/strait lab status --run demo | sed -n '/^gateway/,$$p'
 	@echo
 	@echo "The lab stays up. Explore it:"
-	@echo "  $(BIN)/strait lab status                          hosts, addresses, tunnels"
-	@echo "  $(BIN)/strait lab exec cloud-a-pod1 -- ping 242.1.1.10        a cloud-a pod to a cloud-b pod (same 10.0.1.10!)"
-	@echo "  $(BIN)/strait lab exec cloud-a-gw -- wg show wg-demo-0        the tunnel of cloud-a's gateway"
-	@echo "  $(BIN)/strait lab exec cloud-b-gw -- nft list table ip strait the translation rules of cloud-b"
-	@echo "  $(BIN)/strait lab exec cloud-b-gw -- conntrack -L             translated flows"
-	@echo "  $(BIN)/strait lab wan cloud-b --latency 40ms --loss 1        make cloud-b far away"
-	@echo "  $(BIN)/strait lab exec cloud-a-pod1                           a shell in a pod"
+	@echo "  $(BIN)/strait lab status                                hosts, addresses, tunnels"
+	@echo "  $(BIN)/strait lab exec cloud-a-pod1 -- ping 242.1.1.10   cloud-a's 10.0.1.10 to cloud-b's 10.0.1.10"
+	@echo "  $(BIN)/strait lab exec cloud-a-gw -- wg show wg-demo-0   cloud-a's tunnel"
+	@echo "  $(BIN)/strait lab exec cloud-b-gw -- nft list table ip strait   cloud-b's translation"
+	@echo "  $(BIN)/strait lab exec cloud-b-gw -- conntrack -L        translated flows"
+	@echo "  $(BIN)/strait lab wan cloud-b --latency 40ms --loss 1   put cloud-b far away"
+	@echo "  $(BIN)/strait lab exec cloud-a-pod1                      a shell in a pod"
 	@echo "Tear it down with: $(BIN)/strait lab down"
 
 ## test: everything; root-only tests fail rather than skip under CI=true
@@ -79,9 +79,9 @@ bench: deps build
 ## fuzz: run each fuzz target for a while (FUZZTIME, default 30s)
 FUZZTIME ?= 30s
 fuzz:
-	$(GO) test ./gateway/meshconf -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
-	$(GO) test ./e2e/lab/wanemu -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME)
-	$(GO) test ./e2e/lab -run '^$$' -fuzz FuzzParseReply -fuzztime $(FUZZTIME)
+	$(GO) test ./gateway/meshconf -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
+	$(GO) test ./e2e/lab/wanemu -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
+	$(GO) test ./e2e/lab -run '^$$' -fuzz FuzzParseReply -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
 
 clean:
 	rm -rf $(BIN)

@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -530,5 +531,6 @@ func (e *Engine) Status() (Status, error) {
 		}
 		st.Peers = append(st.Peers, ps)
 	}
+	slices.SortFunc(st.Peers, func(a, b PeerStatus) int { return strings.Compare(a.Site, b.Site) })
 	return st, nil
 }
