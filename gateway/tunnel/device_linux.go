@@ -120,10 +120,15 @@ func (d *userspaceDevice) close() error {
 }
 
 // wgLogger adapts wireguard-go's printf logger to slog, rate limited per
-// message format: some of its messages are logged per packet.
+// message format: some of its messages are logged per packet. A level the
+// logger does not record gets a function that does nothing, as upstream's
+// own logger does, so no message is formatted for nothing.
 func wgLogger(log *slog.Logger) *wgdevice.Logger {
 	lim := ratelog.New(10*time.Second, 5, time.Now)
 	emit := func(level slog.Level) func(string, ...any) {
+		if !log.Enabled(context.Background(), level) {
+			return wgdevice.DiscardLogf
+		}
 		return func(format string, args ...any) {
 			ok, suppressed := lim.Allow(format)
 			if !ok {
