@@ -25,7 +25,7 @@ type desired struct {
 func derive(m *meshconf.Mesh, self string, key wgtypes.Key, iface string, mtu int) (desired, error) {
 	me, ok := m.Site(self)
 	if !ok {
-		return desired{}, fmt.Errorf("site %q is not in the mesh configuration (sites: %s)", self, siteNames(m))
+		return desired{}, fmt.Errorf("site %q is not in the mesh configuration (sites: %s)", self, m.SiteNames())
 	}
 	if pub := key.PublicKey(); me.PublicKey != pub {
 		return desired{}, fmt.Errorf("site %q (line %d) has publicKey %s, but this gateway's key is %s: "+
@@ -58,15 +58,4 @@ func derive(m *meshconf.Mesh, self string, key wgtypes.Key, iface string, mtu in
 		d.nat.Maps = append(d.nat.Maps, pm)
 	}
 	return d, nil
-}
-
-func siteNames(m *meshconf.Mesh) string {
-	s := ""
-	for i, site := range m.Sites {
-		if i > 0 {
-			s += ", "
-		}
-		s += site.Name
-	}
-	return s
 }

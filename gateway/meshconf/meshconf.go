@@ -96,6 +96,15 @@ func (m *Mesh) Site(name string) (*Site, bool) {
 	return nil, false
 }
 
+// SiteNames lists the sites' names, comma separated, for messages.
+func (m *Mesh) SiteNames() string {
+	s := make([]string, len(m.Sites))
+	for i, site := range m.Sites {
+		s[i] = site.Name
+	}
+	return strings.Join(s, ", ")
+}
+
 // Peers returns every site but self, in file order.
 func (m *Mesh) Peers(self string) []Site {
 	var out []Site

@@ -14,7 +14,7 @@ import (
 func WGQuick(m *Mesh, site, privateKeyFile string) (string, error) {
 	s, ok := m.Site(site)
 	if !ok {
-		return "", fmt.Errorf("meshconf: site %q is not in the mesh configuration (sites: %s)", site, names(m))
+		return "", fmt.Errorf("meshconf: site %q is not in the mesh configuration (sites: %s)", site, m.SiteNames())
 	}
 	if s.Translated() {
 		return "", fmt.Errorf("meshconf: site %q translates podCIDR %s into its block %s, which needs a strait gateway; "+
@@ -63,14 +63,6 @@ func joinPrefixes(ps []netip.Prefix) string {
 	s := make([]string, len(ps))
 	for i, p := range ps {
 		s[i] = p.String()
-	}
-	return strings.Join(s, ", ")
-}
-
-func names(m *Mesh) string {
-	s := make([]string, len(m.Sites))
-	for i, site := range m.Sites {
-		s[i] = site.Name
 	}
 	return strings.Join(s, ", ")
 }
