@@ -80,7 +80,7 @@ func newLab(t *testing.T, topo lab.Topology) *lab.Lab {
 func waitReachable(t *testing.T, l *lab.Lab, from, to string) lab.Reply {
 	t.Helper()
 	src, dst := l.MustHost(from), l.MustHost(to)
-	target := netip.AddrPortFrom(lab.Target(src, dst), lab.ServePort)
+	target := netip.AddrPortFrom(l.Topology.Target(src, dst), lab.ServePort)
 	var err error
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
 		var r lab.Reply

@@ -22,8 +22,9 @@ import (
 
 // TestMergerEverySiteReachesEvery brings up the merger topology (cloud-a
 // and cloud-b both on 10.0.0.0/16, onprem on 192.168.0.0/16) and checks
-// every pair of pods with TCP and ICMP through the tunnels, and that the
-// receiver sees the sender's global address: the translation happened.
+// every pair of pods with TCP and ICMP through the tunnels, and that each
+// receiver sees the source the address plan says: real addresses between
+// cloud-a and onprem, egress addresses wherever translation applies.
 func TestMergerEverySiteReachesEvery(t *testing.T) {
 	t.Parallel()
 	l := newLab(t, lab.Merger())
@@ -33,35 +34,45 @@ func TestMergerEverySiteReachesEvery(t *testing.T) {
 	}
 	for _, c := range cells {
 		if !c.OK() {
-			t.Errorf("%s -> %s via %s: tcp %v, icmp %v", c.From, c.To, c.Target, c.TCP, c.ICMP)
-			continue
-		}
-		from, to := l.MustHost(c.From), l.MustHost(c.To)
-		want := from.Addr // inside a site, real addresses
-		if from.Site != to.Site {
-			want = from.Global // across sites, the sender's global address
-		}
-		if c.SeenAs != want {
-			t.Errorf("%s -> %s: seen as %s, want %s", c.From, c.To, c.SeenAs, want)
+			t.Errorf("%s -> %s via %s: tcp %v, icmp %v, seen as %s, want %s", c.From, c.To, c.Target, c.TCP, c.ICMP, c.SeenAs, c.Want)
 		}
 	}
-	// The two clouds share 10.0.1.10, and tell each other apart by block.
-	a, b := l.MustHost("cloud-a-pod1"), l.MustHost("cloud-b-pod1")
-	if a.Addr != b.Addr {
-		t.Fatalf("the topology should give both clouds the same pod address: %s, %s", a.Addr, b.Addr)
+	a1, a2, b1, o1 := l.MustHost("cloud-a-pod1"), l.MustHost("cloud-a-pod2"), l.MustHost("cloud-b-pod1"), l.MustHost("onprem-pod1")
+	if a1.Addr != b1.Addr {
+		t.Fatalf("the topology should give both clouds the same pod address: %s, %s", a1.Addr, b1.Addr)
 	}
-	if a.Global.String() != "242.0.1.10" || b.Global.String() != "242.1.1.10" {
-		t.Errorf("global addresses %s, %s", a.Global, b.Global)
+	// The allocations: services from the ingress pools, egress from the
+	// egress pools; cloud-a's payments namespace leaves by its own.
+	for _, x := range []struct {
+		what string
+		got  netip.Addr
+		in   string
+	}{
+		{"cloud-a-pod1's service", a1.Global, "242.0.128.0/17"}, {"cloud-b-pod1's service", b1.Global, "242.1.128.0/17"},
+		{"cloud-a's egress", a1.Egress, "242.0.1.0/24"}, {"cloud-b's egress", b1.Egress, "242.1.1.0/24"},
+	} {
+		if !netip.MustParsePrefix(x.in).Contains(x.got) {
+			t.Errorf("%s is %s, outside %s", x.what, x.got, x.in)
+		}
+	}
+	if a1.Egress == a2.Egress {
+		t.Errorf("cloud-a's payments pod leaves as %s like the default: the egress rule did nothing", a2.Egress)
 	}
 	// UDP is translated both ways too.
-	r, err := lab.Request(context.Background(), a, netip.AddrPortFrom(b.Global, lab.ServePort), "udp", 2*time.Second)
-	if err != nil || r.Name != "cloud-b-pod1" || r.Peer.Addr() != a.Global {
-		t.Errorf("UDP cloud-a-pod1 -> cloud-b-pod1: %+v, %v", r, err)
+	r, err := lab.Request(context.Background(), a1, netip.AddrPortFrom(b1.Global, lab.ServePort), "udp", 2*time.Second)
+	if err != nil || r.Name != "cloud-b-pod1" || r.Peer.Addr() != a1.Egress {
+		t.Errorf("UDP cloud-a-pod1 -> cloud-b-pod1: %+v, %v; want seen as %s", r, err, a1.Egress)
+	}
+	// onprem and cloud-a talk without NAT: each sees the other's pod address.
+	r, err = lab.Request(context.Background(), o1, netip.AddrPortFrom(a2.Addr, lab.ServePort), "udp", 2*time.Second)
+	if err != nil || r.Peer.Addr() != o1.Addr {
+		t.Errorf("UDP onprem-pod1 -> cloud-a-pod2 (10.0.2.10): %+v, %v; want seen as %s", r, err, o1.Addr)
 	}
 	// The gateway's table reads naturally.
 	cmd, _ := l.Command("cloud-b-gw", "nft", "list", "table", "ip", "strait")
 	out, err := cmd.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "dnat prefix to 10.0.0.0/16") || !strings.Contains(string(out), "snat prefix to 242.1.0.0/16") {
+	if err != nil || !strings.Contains(string(out), "dnat ip to ip daddr . meta l4proto . th dport map @services") ||
+		!strings.Contains(string(out), fmt.Sprintf("%s . tcp . %d : %s . %d", b1.Global, lab.ServePort, b1.Addr, lab.ServePort)) {
 		t.Errorf("cloud-b's table:\n%s%v", out, err)
 	}
 }
@@ -220,7 +231,7 @@ func TestEndpointChangeKeepsOtherSessions(t *testing.T) {
 			default:
 			}
 			sent++
-			if _, err := lab.Ping(a, netip.Addr{}, o.Global, time.Second); err != nil {
+			if _, err := lab.Ping(a, netip.Addr{}, l.Topology.Target(a, o), time.Second); err != nil {
 				lost = append(lost, err)
 			}
 			time.Sleep(20 * time.Millisecond)
@@ -276,7 +287,10 @@ func TestBadConfigKeepsLastGood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	goodHash := status(t, l, "cloud-a").Config.Hash
+	goodHash := map[string]string{}
+	for _, site := range []string{"cloud-a", "cloud-b", "onprem"} {
+		goodHash[site] = status(t, l, site).Config.Hash
+	}
 	// onprem claims cloud-a's key: a duplicate public key.
 	keys := regexp.MustCompile(`publicKey: (\S+)`).FindAllStringSubmatch(string(good), -1)
 	bad := strings.Replace(string(good), keys[2][1], keys[0][1], 1)
@@ -292,8 +306,8 @@ func TestBadConfigKeepsLastGood(t *testing.T) {
 			if !strings.Contains(st.Config.Refused.Msg, "sites[2].publicKey") || !strings.Contains(st.Config.Refused.Msg, "same public key as sites[0]") {
 				return fmt.Errorf("refused with %q; want the field and the reason", st.Config.Refused.Msg)
 			}
-			if st.Config.Hash != goodHash {
-				return fmt.Errorf("runs on %s, not the last good %s", st.Config.Hash, goodHash)
+			if st.Config.Hash != goodHash[site] {
+				return fmt.Errorf("runs on %s, not the last good %s", st.Config.Hash, goodHash[site])
 			}
 			return nil
 		})
@@ -308,7 +322,7 @@ func TestBadConfigKeepsLastGood(t *testing.T) {
 	}
 	eventually(t, 5*time.Second, "cloud-a takes the good file", func() error {
 		st := status(t, l, "cloud-a")
-		if st.Config.Refused != nil || st.Config.Hash == goodHash {
+		if st.Config.Refused != nil || st.Config.Hash == goodHash["cloud-a"] {
 			return fmt.Errorf("hash %s, refused %v", st.Config.Hash, st.Config.Refused)
 		}
 		return nil
@@ -337,7 +351,7 @@ func TestPlainWireGuardSite(t *testing.T) {
 			t.Errorf("branch cannot ping %s: %v", to, err)
 		}
 		back := waitReachable(t, l, to, "branch-host")
-		if want := l.MustHost(to).Global; back.Peer.Addr() != want {
+		if want := l.Topology.SeenAs(l.MustHost(to), branch); back.Peer.Addr() != want {
 			t.Errorf("%s -> branch: seen as %s, want %s", to, back.Peer.Addr(), want)
 		}
 	}

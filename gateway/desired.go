@@ -3,26 +3,41 @@ package gateway
 import (
 	"fmt"
 	"net/netip"
+	"slices"
+	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/straitnet/strait/gateway/meshconf"
 	"github.com/straitnet/strait/gateway/nat"
+	"github.com/straitnet/strait/gateway/siteconf"
 	"github.com/straitnet/strait/gateway/tunnel"
 	"github.com/straitnet/strait/natpool"
 )
 
-// desired is what a gateway brings its host to for one mesh configuration.
+// desired is what a gateway brings its host to for one mesh configuration
+// and one site file, before addresses are allocated.
 type desired struct {
 	tunnel tunnel.Config
-	nat    nat.Rules
+	iface  string
+	// pools, requests: what to allocate.
+	pools    []natpool.Pool
+	requests []natpool.Request
+	holdDown time.Duration
+	// services, egress: what to translate once allocated.
+	services   []siteconf.Service
+	egressPods map[netip.Addr]string // pod to egress rule
+	cidrs      []netip.Prefix
+	translated []netip.Prefix
+	// pairs is how traffic flows between every two sites of the mesh.
+	pairs []natpool.Pair
 }
 
-// derive computes the desired state of site self from the mesh
-// configuration. It refuses a configuration in which self is missing or
-// holds another public key than this gateway's: applying it would cut the
-// site off from every peer.
-func derive(m *meshconf.Mesh, self string, key wgtypes.Key, iface string, mtu int) (desired, error) {
+// derive computes the desired state of site self. It refuses a mesh in
+// which self is missing or holds another public key than this gateway's
+// (applying it would cut the site off), and a site file that does not fit
+// the site.
+func derive(m *meshconf.Mesh, sc *siteconf.Config, self string, key wgtypes.Key, iface string, mtu int) (desired, error) {
 	me, ok := m.Site(self)
 	if !ok {
 		return desired{}, fmt.Errorf("site %q is not in the mesh configuration (sites: %s)", self, m.SiteNames())
@@ -30,6 +45,9 @@ func derive(m *meshconf.Mesh, self string, key wgtypes.Key, iface string, mtu in
 	if pub := key.PublicKey(); me.PublicKey != pub {
 		return desired{}, fmt.Errorf("site %q (line %d) has publicKey %s, but this gateway's key is %s: "+
 			"put this gateway's public key in the mesh configuration (`strait-gateway keygen` prints it)", self, me.Line, me.PublicKey, pub)
+	}
+	if err := sc.Check(self, me.Block, me.CIDRs, []netip.Addr{me.TunnelAddr()}); err != nil {
+		return desired{}, err
 	}
 	d := desired{
 		tunnel: tunnel.Config{
@@ -39,23 +57,62 @@ func derive(m *meshconf.Mesh, self string, key wgtypes.Key, iface string, mtu in
 			Address:    me.TunnelAddr(),
 			Mesh:       m.GlobalCIDR,
 		},
-		nat: nat.Rules{Tunnel: iface, Keep: []netip.Addr{me.TunnelAddr()}},
+		iface:    iface,
+		pools:    sc.EffectivePools(me.Block),
+		holdDown: sc.HoldDown,
+		services: sc.Services,
+		cidrs:    me.CIDRs,
 	}
+	var peers []natpool.Site
 	for _, p := range m.Peers(self) {
+		peers = append(peers, p.Plan())
 		d.tunnel.Peers = append(d.tunnel.Peers, tunnel.Peer{
 			Name:                p.Name,
 			PublicKey:           p.PublicKey,
 			Endpoint:            p.Endpoint,
-			AllowedIPs:          p.AllowedIPs(),
+			AllowedIPs:          natpool.RoutedTo(me.Plan(), p.Plan()),
 			PersistentKeepalive: p.PersistentKeepalive,
 		})
 	}
-	if me.Translated() {
-		pm, err := natpool.NewPrefixMap(me.PodCIDR, me.Block)
-		if err != nil {
-			return desired{}, err
-		}
-		d.nat.Maps = append(d.nat.Maps, pm)
+	d.translated = natpool.TranslatedDestinations(me.Plan(), peers)
+	d.pairs = natpool.Matrix(m.Plan())
+	for _, s := range sc.Services {
+		d.requests = append(d.requests, natpool.Request{Key: natpool.IngressKey(s.Namespace, s.Name), Pool: s.Pool, Kind: natpool.Ingress})
 	}
+	if len(me.CIDRs) > 0 {
+		d.requests = append(d.requests, natpool.Request{Key: natpool.EgressDefaultKey(), Pool: sc.Egress.Pool, Kind: natpool.Egress})
+	}
+	for _, r := range sc.Rules() {
+		d.requests = append(d.requests, natpool.Request{Key: natpool.EgressRuleKey(r.Name), Pool: r.Pool, Kind: natpool.Egress})
+	}
+	d.egressPods = natpool.CompileEgress(sc.Rules(), sc.Pods)
 	return d, nil
+}
+
+// program compiles the translation from the desired state and the
+// addresses allocated to it. What could not be allocated is left out: a
+// service without an address is not exported, pods whose rule has none
+// leave by the default.
+func program(d desired, lookup func(string) (netip.Addr, bool)) nat.Program {
+	p := nat.Program{Tunnel: d.iface, EgressPods: map[netip.Addr]netip.Addr{}, Translated: slices.Clone(d.translated)}
+	for _, s := range d.services {
+		ip, ok := lookup(natpool.IngressKey(s.Namespace, s.Name))
+		if !ok {
+			continue
+		}
+		for _, port := range s.Ports {
+			p.Services = append(p.Services, nat.Service{Addr: ip, Proto: port.Protocol, Port: port.Port, Backend: s.Backend, BackendPort: port.TargetPort})
+		}
+	}
+	for pod, rule := range d.egressPods {
+		if ip, ok := lookup(natpool.EgressRuleKey(rule)); ok {
+			p.EgressPods[pod] = ip
+		}
+	}
+	if ip, ok := lookup(natpool.EgressDefaultKey()); ok {
+		for _, c := range d.cidrs {
+			p.EgressNets = append(p.EgressNets, nat.EgressNet{Source: c, As: ip})
+		}
+	}
+	return p
 }

@@ -1,12 +1,14 @@
 // Package gateway is strait's per-site gateway: it keeps the site's
-// WireGuard device, its peers and routes, and its address translation in
-// line with the mesh configuration, and serves its status.
+// WireGuard device, its peers and routes, its address allocations and its
+// translation in line with the mesh configuration and the site file, and
+// serves its status.
 //
-// One reconciler owns the host's state. At start it needs a valid
-// configuration; afterwards a configuration that fails to parse or to
-// validate is refused and reported, and the gateway keeps running on the
-// last good one. Each pass also repairs drift: a peer someone removed by
-// hand, a flushed nftables table.
+// One reconciler owns the host's state. At start it needs valid files and
+// a trustworthy allocation store; afterwards a file that fails to parse or
+// to validate is refused and reported, and the gateway keeps running on the
+// last good configuration. Allocations are saved before they are
+// programmed. Each pass also repairs drift: a peer someone removed by hand,
+// a flushed or edited nftables table.
 package gateway
 
 import (
@@ -26,8 +28,10 @@ import (
 
 	"github.com/straitnet/strait/gateway/meshconf"
 	"github.com/straitnet/strait/gateway/nat"
+	"github.com/straitnet/strait/gateway/siteconf"
 	"github.com/straitnet/strait/gateway/tunnel"
 	"github.com/straitnet/strait/gateway/wgkey"
+	"github.com/straitnet/strait/natpool"
 )
 
 // Options configure a gateway. Zero values take the documented defaults.
@@ -36,7 +40,11 @@ type Options struct {
 	Site string
 	// MeshFile is the mesh configuration. Required.
 	MeshFile string
-	// StateDir holds the private key and the status socket; default /var/lib/strait.
+	// SiteFile is this site's pools, services, egress rules and pods;
+	// empty means default pools and nothing exported.
+	SiteFile string
+	// StateDir holds the private key, the allocations and the status
+	// socket; default /var/lib/strait.
 	StateDir string
 	// Interface is the WireGuard device; default strait0.
 	Interface string
@@ -46,18 +54,23 @@ type Options struct {
 	WireGuardGo string
 	// MTU of the tunnel; 0 derives it from the underlay.
 	MTU int
-	// Interval is how often the gateway looks for a changed mesh file and
+	// Interval is how often the gateway looks for changed files and
 	// repairs drift; default 2s.
 	Interval time.Duration
 	// Logger; default slog.Default().
 	Logger *slog.Logger
+	// Now is the clock; default time.Now.
+	Now func() time.Time
 }
 
-// DefaultStateDir is where a gateway keeps its key and status socket.
+// DefaultStateDir is where a gateway keeps its key, allocations and socket.
 const DefaultStateDir = "/var/lib/strait"
 
-// SocketName is the status socket's name in the state directory.
-const SocketName = "gateway.sock"
+// Names of the gateway's files in its state directory.
+const (
+	SocketName      = "gateway.sock"
+	AllocationsName = "allocations.json"
+)
 
 func (o *Options) setDefaults() error {
 	if o.Site == "" {
@@ -81,32 +94,10 @@ func (o *Options) setDefaults() error {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
 	return nil
-}
-
-// Gateway is a running gateway.
-type Gateway struct {
-	opts   Options
-	log    *slog.Logger
-	key    wgtypes.Key
-	engine engine
-	nat    natTable
-
-	mu sync.Mutex // guards the fields below
-	// wanted is the last valid configuration read from the file;
-	// current is the last one applied in full, what the host runs on.
-	// They differ while applying wanted fails.
-	wanted, current         desired
-	wantedHash, currentHash string
-	appliedAt               time.Time
-	// seenHash is the file content last looked at, good or bad, and
-	// seenErr why it was refused, if it was.
-	seenHash string
-	seenErr  Problem
-	// configErr says why the file's content is refused; applyErr why the
-	// last pass failed to bring the host to the wanted configuration.
-	configErr, applyErr Problem
-	ready               bool
 }
 
 // engine is what the gateway needs of the tunnel engine.
@@ -119,8 +110,8 @@ type engine interface {
 
 // natTable is what the gateway needs of the NAT table.
 type natTable interface {
-	Apply(nat.Rules) error
-	InSync(nat.Rules) (bool, error)
+	Sync(nat.Program) (nat.SyncStats, error)
+	Verify() (bool, error)
 	Close() error
 }
 
@@ -128,6 +119,45 @@ var (
 	_ engine   = (*tunnel.Engine)(nil)
 	_ natTable = (*nat.Table)(nil)
 )
+
+// Gateway is a running gateway.
+type Gateway struct {
+	opts   Options
+	log    *slog.Logger
+	key    wgtypes.Key
+	engine engine
+	nat    natTable
+	store  natpool.Store
+
+	mu sync.Mutex // guards the fields below
+	// wanted is the last valid configuration read from the files;
+	// current is the last one applied in full, what the host runs on.
+	// They differ while applying wanted fails.
+	wanted, current         desired
+	wantedHash, currentHash string
+	appliedAt               time.Time
+	// alloc holds the allocations, as saved in store.
+	alloc *natpool.Allocator
+	// allocErrs are the requests the last allocation could not serve.
+	allocErrs []string
+	// prog is the translation last programmed.
+	prog nat.Program
+	// seenHash is the file content last looked at, good or bad, and
+	// seenErr why it was refused, if it was.
+	seenHash string
+	seenErr  Problem
+	// configErr says why the files' content is refused; applyErr why the
+	// last pass failed to bring the host to the wanted configuration.
+	configErr, applyErr Problem
+	drifts              int
+	ready               bool
+}
+
+// Problem is an error the gateway reports in its status until it clears.
+type Problem struct {
+	Msg string    `json:"message,omitempty"`
+	At  time.Time `json:"at,omitzero"`
+}
 
 // Keygen makes the gateway's private key in stateDir if there is none and
 // returns its public key.
@@ -140,7 +170,7 @@ func Keygen(stateDir string) (wgtypes.Key, bool, error) {
 }
 
 // Run starts the gateway and keeps it reconciled until ctx ends. A value on
-// reload makes it read the mesh file at once (SIGHUP).
+// reload makes it read its files at once (SIGHUP).
 func Run(ctx context.Context, opts Options, reload <-chan struct{}) error {
 	g, err := Start(ctx, opts)
 	if err != nil {
@@ -150,9 +180,10 @@ func Run(ctx context.Context, opts Options, reload <-chan struct{}) error {
 	return g.Loop(ctx, reload)
 }
 
-// Start loads the key and the mesh configuration, opens the device and
+// Start loads the key, the files and the allocations, opens the device and
 // applies the configuration. Any failure here stops the start: there is no
-// last good configuration yet.
+// last good configuration yet, and allocations that cannot be trusted must
+// not be replaced by new ones under live traffic.
 func Start(ctx context.Context, opts Options) (*Gateway, error) {
 	if err := opts.setDefaults(); err != nil {
 		return nil, err
@@ -165,18 +196,11 @@ func Start(ctx context.Context, opts Options) (*Gateway, error) {
 	if created {
 		log.Info("generated a private key", "publicKey", key.PublicKey().String())
 	}
-	data, err := os.ReadFile(opts.MeshFile)
+	want, h, err := readConfig(opts, key)
 	if err != nil {
-		return nil, fmt.Errorf("gateway: %w", err)
+		return nil, fmt.Errorf("gateway: configuration refused:\n%w", err)
 	}
-	m, err := meshconf.Parse(opts.MeshFile, data)
-	if err != nil {
-		return nil, fmt.Errorf("gateway: mesh configuration refused:\n%w", err)
-	}
-	want, err := derive(m, opts.Site, key, opts.Interface, opts.MTU)
-	if err != nil {
-		return nil, fmt.Errorf("gateway: %s: %w", opts.MeshFile, err)
-	}
+	store := &natpool.FileStore{Path: filepath.Join(opts.StateDir, AllocationsName), Site: opts.Site, Now: opts.Now}
 	eng, err := tunnel.Open(tunnel.Options{
 		Interface: opts.Interface, Mode: opts.WireGuard, WireGuardGo: opts.WireGuardGo, Logger: opts.Logger,
 	})
@@ -188,29 +212,85 @@ func Start(ctx context.Context, opts Options) (*Gateway, error) {
 		eng.Close()
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	g := newGateway(opts, log, key, eng, tab)
-	if err := g.start(ctx, want, hash(data)); err != nil {
+	g := newGateway(opts, log, key, eng, tab, store)
+	if err := g.start(ctx, want, h); err != nil {
 		g.Close()
 		return nil, err
 	}
 	log.Info("gateway started", "interface", opts.Interface, "implementation", eng.Implementation(),
-		"peers", len(want.tunnel.Peers), "config", short(g.currentHash))
+		"peers", len(want.tunnel.Peers), "services", len(want.services), "config", short(h))
 	return g, nil
 }
 
-func newGateway(opts Options, log *slog.Logger, key wgtypes.Key, eng engine, tab natTable) *Gateway {
-	return &Gateway{opts: opts, log: log, key: key, engine: eng, nat: tab}
+func newGateway(opts Options, log *slog.Logger, key wgtypes.Key, eng engine, tab natTable, store natpool.Store) *Gateway {
+	return &Gateway{opts: opts, log: log, key: key, engine: eng, nat: tab, store: store}
 }
 
-// start applies the first configuration; it must succeed.
+// readConfig reads and derives both files, and hashes their contents.
+func readConfig(opts Options, key wgtypes.Key) (desired, string, error) {
+	meshData, siteData, err := readFiles(opts)
+	if err != nil {
+		return desired{}, "", err
+	}
+	return parseConfig(opts, key, meshData, siteData)
+}
+
+func readFiles(opts Options) (mesh, site []byte, err error) {
+	if mesh, err = os.ReadFile(opts.MeshFile); err != nil {
+		return nil, nil, err
+	}
+	if opts.SiteFile != "" {
+		if site, err = os.ReadFile(opts.SiteFile); err != nil {
+			return nil, nil, err
+		}
+	}
+	return mesh, site, nil
+}
+
+func parseConfig(opts Options, key wgtypes.Key, meshData, siteData []byte) (desired, string, error) {
+	h := hash(meshData, siteData)
+	m, err := meshconf.Parse(opts.MeshFile, meshData)
+	if err != nil {
+		return desired{}, h, err
+	}
+	sc := siteconf.Empty()
+	if opts.SiteFile != "" {
+		if sc, err = siteconf.Parse(opts.SiteFile, siteData); err != nil {
+			return desired{}, h, err
+		}
+	}
+	want, err := derive(m, sc, opts.Site, key, opts.Interface, opts.MTU)
+	if err != nil {
+		return desired{}, h, fmt.Errorf("%s: %w", opts.MeshFile, err)
+	}
+	return want, h, nil
+}
+
+// start loads the allocations, allocates and applies the first
+// configuration; all of it must succeed.
 func (g *Gateway) start(ctx context.Context, want desired, h string) error {
-	if err := g.apply(ctx, want); err != nil {
+	st, err := g.store.Load()
+	if err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	alloc, err := natpool.NewAllocator(want.pools, st, want.holdDown, g.opts.Now)
+	if err != nil {
+		return fmt.Errorf("gateway: allocations in %s: %w", g.store.Where(), err)
+	}
+	g.mu.Lock()
+	g.alloc = alloc
+	g.mu.Unlock()
+	if err := g.allocate(want); err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	prog, err := g.apply(ctx, want)
+	if err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.wanted, g.wantedHash, g.current, g.currentHash, g.seenHash = want, h, want, h, h
-	g.appliedAt, g.ready = time.Now(), true
+	g.prog, g.appliedAt, g.ready = prog, g.opts.Now(), true
 	return nil
 }
 
@@ -221,7 +301,7 @@ func (g *Gateway) Close() error {
 }
 
 // Loop reconciles until ctx ends: on every tick and every reload it reads
-// the mesh file, applies it if it changed and is valid, and repairs drift.
+// the files, applies them if they changed and are valid, and repairs drift.
 func (g *Gateway) Loop(ctx context.Context, reload <-chan struct{}) error {
 	srv, err := serveStatus(g, filepath.Join(g.opts.StateDir, SocketName), g.log)
 	if err != nil {
@@ -243,41 +323,46 @@ func (g *Gateway) Loop(ctx context.Context, reload <-chan struct{}) error {
 	}
 }
 
-// reconcile is one pass of the loop: read the file, apply what is wanted,
-// and only then call it current.
+// reconcile is one pass of the loop: read the files, allocate what they
+// ask for, apply it, and only then call it current.
 func (g *Gateway) reconcile(ctx context.Context) {
 	want, h := g.next()
-	err := g.apply(ctx, want)
+	err := g.allocate(want)
+	var prog nat.Program
+	if err == nil {
+		prog, err = g.apply(ctx, want)
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if err != nil {
 		if err.Error() != g.applyErr.Msg {
 			g.log.Error("applying the configuration failed; retrying", "config", short(h), "running", short(g.currentHash), "err", err)
 		}
-		g.applyErr = Problem{Msg: err.Error(), At: time.Now()}
+		g.applyErr = Problem{Msg: err.Error(), At: g.opts.Now()}
 		return
 	}
 	if g.applyErr.Msg != "" {
 		g.log.Info("configuration applied after failures", "config", short(h))
 	}
 	g.applyErr = Problem{}
+	g.prog = prog
 	if h != g.currentHash {
-		g.current, g.currentHash, g.appliedAt = want, h, time.Now()
-		g.log.Info("configuration applied", "config", short(h), "peers", len(want.tunnel.Peers))
+		g.current, g.currentHash, g.appliedAt = want, h, g.opts.Now()
+		g.log.Info("configuration applied", "config", short(h), "peers", len(want.tunnel.Peers), "services", len(want.services))
 	}
 }
 
-// next reads the mesh file and returns the configuration to reconcile to:
-// the file's, if it is valid, else the last valid one.
+// next reads the files and returns the configuration to reconcile to:
+// theirs, if they are valid, else the last valid one.
 func (g *Gateway) next() (desired, string) {
+	meshData, siteData, err := readFiles(g.opts)
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	data, err := os.ReadFile(g.opts.MeshFile)
 	if err != nil {
-		g.refuse(Problem{Msg: fmt.Sprintf("%v; keeping the last good configuration", err), At: time.Now()})
+		g.refuse(Problem{Msg: fmt.Sprintf("%v; keeping the last good configuration", err), At: g.opts.Now()})
 		return g.wanted, g.wantedHash
 	}
-	h := hash(data)
+	h := hash(meshData, siteData)
 	switch h {
 	case g.wantedHash:
 		// Unchanged, or back to it after a bad edit.
@@ -288,18 +373,14 @@ func (g *Gateway) next() (desired, string) {
 		return g.wanted, g.wantedHash
 	}
 	g.seenHash = h
-	m, err := meshconf.Parse(g.opts.MeshFile, data)
+	want, _, err := parseConfig(g.opts, g.key, meshData, siteData)
 	if err == nil {
-		var want desired
-		if want, err = derive(m, g.opts.Site, g.key, g.opts.Interface, g.opts.MTU); err == nil {
-			g.log.Info("mesh configuration changed", "config", short(h), "peers", len(want.tunnel.Peers))
-			g.wanted, g.wantedHash = want, h
-			g.seenErr, g.configErr = Problem{}, Problem{}
-			return want, h
-		}
-		err = fmt.Errorf("%s: %w", g.opts.MeshFile, err)
+		g.log.Info("configuration changed", "config", short(h), "peers", len(want.tunnel.Peers), "services", len(want.services))
+		g.wanted, g.wantedHash = want, h
+		g.seenErr, g.configErr = Problem{}, Problem{}
+		return want, h
 	}
-	g.seenErr = Problem{Msg: err.Error(), At: time.Now()}
+	g.seenErr = Problem{Msg: err.Error(), At: g.opts.Now()}
 	g.refuse(g.seenErr)
 	return g.wanted, g.wantedHash
 }
@@ -307,33 +388,95 @@ func (g *Gateway) next() (desired, string) {
 // refuse records a refused configuration; it is logged once per message.
 func (g *Gateway) refuse(p Problem) {
 	if p.Msg != g.configErr.Msg {
-		g.log.Error("mesh configuration refused; running on the last good one", "running", short(g.currentHash), "err", p.Msg)
+		g.log.Error("configuration refused; running on the last good one", "running", short(g.currentHash), "err", p.Msg)
 	}
 	g.configErr = p
 }
 
-// apply brings the device and the NAT table to want; both are idempotent
-// and touch only what differs.
-func (g *Gateway) apply(ctx context.Context, want desired) error {
-	if err := g.engine.Apply(ctx, want.tunnel); err != nil {
-		return err
-	}
-	ok, err := g.nat.InSync(want.nat)
+// allocate serves the configuration's requests on a copy of the
+// allocations and saves the copy durably before it takes its place: an
+// address is never programmed before it is on disk. Requests that cannot
+// be served (an exhausted pool) are reported, not fatal; a failed save
+// keeps the allocations as they were.
+func (g *Gateway) allocate(want desired) error {
+	g.mu.Lock()
+	st := g.alloc.State()
+	g.mu.Unlock()
+	next, err := natpool.NewAllocator(want.pools, st, want.holdDown, g.opts.Now)
 	if err != nil {
-		return err
+		return fmt.Errorf("allocations: %w", err)
 	}
-	if !ok {
-		if err := g.nat.Apply(want.nat); err != nil {
-			return err
+	changed, errs := next.Sync(want.requests)
+	if changed {
+		if err := g.store.Save(next.State()); err != nil {
+			return fmt.Errorf("saving allocations to %s: %w", g.store.Where(), err)
 		}
-		g.log.Info("NAT table programmed", "table", nat.TableName, "maps", len(want.nat.Maps))
 	}
+	var msgs []string
+	for _, e := range errs {
+		msgs = append(msgs, e.Error())
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, m := range msgs {
+		if !contains(g.allocErrs, m) {
+			g.log.Error("allocation failed", "err", m)
+		}
+	}
+	g.alloc, g.allocErrs = next, msgs
 	return nil
 }
 
-func hash(data []byte) string {
-	sum := sha256.Sum256(bytes.TrimSpace(data))
-	return hex.EncodeToString(sum[:])
+func contains(ss []string, s string) bool {
+	for _, x := range ss {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// apply brings the device and the NAT table to want with the current
+// allocations; both are idempotent and touch only what differs. A table
+// that drifted from what was programmed is rewritten whole.
+func (g *Gateway) apply(ctx context.Context, want desired) (nat.Program, error) {
+	if err := g.engine.Apply(ctx, want.tunnel); err != nil {
+		return nat.Program{}, err
+	}
+	g.mu.Lock()
+	prog := program(want, g.alloc.Lookup)
+	programmed := g.ready
+	g.mu.Unlock()
+	if programmed {
+		ok, err := g.nat.Verify()
+		if err != nil {
+			return nat.Program{}, err
+		}
+		if !ok {
+			g.mu.Lock()
+			g.drifts++
+			g.mu.Unlock()
+			g.log.Warn("NAT table drifted from what was programmed; rewriting it", "table", nat.TableName)
+		}
+	}
+	st, err := g.nat.Sync(prog)
+	if err != nil {
+		return nat.Program{}, err
+	}
+	if st.Full || st.Added+st.Removed > 0 {
+		g.log.Info("NAT table programmed", "table", nat.TableName, "whole", st.Full, "added", st.Added, "removed", st.Removed,
+			"services", st.ServiceElements, "egressPods", st.EgressPodEntries)
+	}
+	return prog, nil
+}
+
+func hash(parts ...[]byte) string {
+	h := sha256.New()
+	for _, p := range parts {
+		sum := sha256.Sum256(bytes.TrimSpace(p))
+		h.Write(sum[:])
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 func short(h string) string {
@@ -341,10 +484,4 @@ func short(h string) string {
 		return h[:12]
 	}
 	return h
-}
-
-// Problem is an error the gateway reports in its status until it clears.
-type Problem struct {
-	Msg string    `json:"message,omitempty"`
-	At  time.Time `json:"at,omitzero"`
 }

@@ -10,24 +10,24 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	"github.com/straitnet/strait/gateway/meshconf"
 	"github.com/straitnet/strait/gateway/nat"
 	"github.com/straitnet/strait/gateway/tunnel"
+	"github.com/straitnet/strait/natpool"
 )
 
-// fakeHost stands in for the tunnel engine and the NAT table: it records
-// what was applied and fails when told to.
-type fakeHost struct {
+// fakeEngine stands in for the tunnel engine: it records what was applied
+// and fails when told to.
+type fakeEngine struct {
 	tunnel  tunnel.Config
-	rules   nat.Rules
 	applied int
 	failing error
 }
 
-func (f *fakeHost) Apply(_ context.Context, c tunnel.Config) error {
+func (f *fakeEngine) Apply(_ context.Context, c tunnel.Config) error {
 	if f.failing != nil {
 		return f.failing
 	}
@@ -35,133 +35,265 @@ func (f *fakeHost) Apply(_ context.Context, c tunnel.Config) error {
 	f.applied++
 	return nil
 }
-func (f *fakeHost) Status() (tunnel.Status, error) { return tunnel.Status{Interface: "fake"}, nil }
-func (f *fakeHost) Implementation() tunnel.Mode    { return "fake" }
-func (f *fakeHost) Close() error                   { return nil }
-func (f *fakeHost) InSync(r nat.Rules) (bool, error) {
-	return fmt.Sprint(r) == fmt.Sprint(f.rules), nil
+func (f *fakeEngine) Status() (tunnel.Status, error) { return tunnel.Status{Interface: "fake"}, nil }
+func (f *fakeEngine) Implementation() tunnel.Mode    { return "fake" }
+func (f *fakeEngine) Close() error                   { return nil }
+
+// fakeNAT stands in for the table: it keeps the last program, and drifts
+// when told to.
+type fakeNAT struct {
+	prog    nat.Program
+	syncs   int
+	drifted bool
 }
 
-type fakeNAT struct{ *fakeHost }
+func (f *fakeNAT) Sync(p nat.Program) (nat.SyncStats, error) {
+	f.prog, f.drifted = p, false
+	f.syncs++
+	return nat.SyncStats{}, nil
+}
+func (f *fakeNAT) Verify() (bool, error) { return !f.drifted, nil }
+func (f *fakeNAT) Close() error          { return nil }
 
-func (f fakeNAT) Apply(r nat.Rules) error { f.rules = r; return nil }
+// fakeStore keeps state in memory and fails saves when told to.
+type fakeStore struct {
+	st      natpool.State
+	saves   int
+	failing error
+}
+
+func (f *fakeStore) Load() (natpool.State, error) { return f.st, nil }
+func (f *fakeStore) Save(st natpool.State) error {
+	if f.failing != nil {
+		return f.failing
+	}
+	f.st = st
+	f.saves++
+	return nil
+}
+func (f *fakeStore) Where() string { return "memory" }
 
 var (
-	_ engine   = (*fakeHost)(nil)
-	_ natTable = fakeNAT{}
+	_ engine        = (*fakeEngine)(nil)
+	_ natTable      = (*fakeNAT)(nil)
+	_ natpool.Store = (*fakeStore)(nil)
 )
 
-// testGateway starts a gateway for site cloud-b on fakes, with the mesh of
-// mesh() written to a file.
-func testGateway(t *testing.T) (*Gateway, *fakeHost, []wgtypes.Key, string) {
+type testbed struct {
+	g     *Gateway
+	eng   *fakeEngine
+	tab   *fakeNAT
+	store *fakeStore
+	k     []wgtypes.Key
+	mesh  string
+	site  string
+	now   time.Time
+	ctx   context.Context
+	t     *testing.T
+}
+
+// newTestbed starts a gateway for site cloud-b on fakes, with the mesh of
+// meshText and the site file siteText.
+func newTestbed(t *testing.T) *testbed {
 	t.Helper()
-	k := keys(t, 3)
-	path := filepath.Join(t.TempDir(), "mesh.yaml")
-	write := func(s string) {
-		if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write(meshText(k, "25s"))
-	f := &fakeHost{}
-	opts := Options{Site: "cloud-b", MeshFile: path, Interface: "wg0"}
+	dir := t.TempDir()
+	tb := &testbed{k: keys(t, 3), mesh: filepath.Join(dir, "mesh.yaml"), site: filepath.Join(dir, "site.yaml"),
+		eng: &fakeEngine{}, tab: &fakeNAT{}, store: &fakeStore{}, now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC),
+		ctx: context.Background(), t: t}
+	tb.write(tb.mesh, meshText(tb.k, "25s"))
+	tb.write(tb.site, siteText)
+	opts := Options{Site: "cloud-b", MeshFile: tb.mesh, SiteFile: tb.site, Interface: "wg0", Now: func() time.Time { return tb.now }}
 	if err := opts.setDefaults(); err != nil {
 		t.Fatal(err)
 	}
-	g := newGateway(opts, slog.New(slog.NewTextHandler(io.Discard, nil)), k[1], f, fakeNAT{f})
-	data, _ := os.ReadFile(path)
-	m, err := meshconf.Parse(path, data)
+	tb.g = newGateway(opts, slog.New(slog.NewTextHandler(io.Discard, nil)), tb.k[1], tb.eng, tb.tab, tb.store)
+	want, h, err := readConfig(opts, tb.k[1])
 	if err != nil {
 		t.Fatal(err)
 	}
-	want, err := derive(m, "cloud-b", k[1], "wg0", 0)
-	if err != nil {
+	if err := tb.g.start(tb.ctx, want, h); err != nil {
 		t.Fatal(err)
 	}
-	if err := g.start(context.Background(), want, hash(data)); err != nil {
-		t.Fatal(err)
-	}
-	return g, f, k, path
+	return tb
 }
 
-func meshText(k []wgtypes.Key, branchKeepalive string) string {
-	return fmt.Sprintf(`
-sites:
-  - {name: cloud-a, publicKey: %s, endpoint: "203.0.113.10:51820", block: 242.0.0.0/16, podCIDR: 10.0.0.0/16}
-  - {name: cloud-b, publicKey: %s, endpoint: "203.0.113.11:51821", block: 242.1.0.0/16, podCIDR: 10.0.0.0/16}
-  - {name: branch, publicKey: %s, block: 242.3.0.0/16, prefixes: [192.168.50.0/24], persistentKeepalive: %s}
-`, k[0].PublicKey(), k[1].PublicKey(), k[2].PublicKey(), branchKeepalive)
+func (tb *testbed) write(path, text string) {
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		tb.t.Fatal(err)
+	}
+}
+
+func (tb *testbed) ip(key string) string {
+	for _, a := range tb.g.Status().Allocations {
+		if a.Key == key {
+			return a.IP.String()
+		}
+	}
+	return ""
+}
+
+func TestStartAllocatesSavesAndPrograms(t *testing.T) {
+	tb := newTestbed(t)
+	if tb.store.saves != 1 || len(tb.store.st.Allocations) != 3 {
+		t.Fatalf("saved %d times, %d allocations", tb.store.saves, len(tb.store.st.Allocations))
+	}
+	if got := tb.ip("ingress/default/web"); got != "242.1.128.1" {
+		t.Errorf("web's ingress address %s", got)
+	}
+	if len(tb.tab.prog.Services) != 2 || tb.tab.prog.Services[0].Addr.String() != "242.1.128.1" {
+		t.Errorf("programmed services %+v", tb.tab.prog.Services)
+	}
+	st := tb.g.Status()
+	if len(st.Paths) != 2 || st.Paths[0].Peer != "cloud-a" || st.Paths[0].Outbound != "translated" || !strings.Contains(st.Paths[0].Why, "collides") {
+		t.Errorf("paths %+v", st.Paths)
+	}
+	// cloud-b is not routable: out translated, in real from branch.
+	if st.Paths[1].Peer != "branch" || st.Paths[1].Outbound != "translated" || st.Paths[1].Inbound != "real" || len(st.Matrix) != 3 {
+		t.Errorf("paths %+v, matrix %+v", st.Paths, st.Matrix)
+	}
+}
+
+func TestRestartKeepsAllocations(t *testing.T) {
+	tb := newTestbed(t)
+	web := tb.ip("ingress/default/web")
+	// A second gateway on the same store: a restart.
+	want, h, err := readConfig(tb.g.opts, tb.k[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	g2 := newGateway(tb.g.opts, tb.g.log, tb.k[1], &fakeEngine{}, &fakeNAT{}, tb.store)
+	if err := g2.start(tb.ctx, want, h); err != nil {
+		t.Fatal(err)
+	}
+	if tb.store.saves != 1 {
+		t.Errorf("the restart saved again (%d saves): nothing changed", tb.store.saves)
+	}
+	for _, a := range g2.Status().Allocations {
+		if a.Key == "ingress/default/web" && a.IP.String() != web {
+			t.Errorf("after the restart web is at %s, was %s", a.IP, web)
+		}
+	}
+}
+
+func TestNewServiceIsSavedBeforeProgrammed(t *testing.T) {
+	tb := newTestbed(t)
+	tb.write(tb.site, siteText+"  - {namespace: default, name: other, ip: 10.0.3.3}\n"+
+		"services:\n  - {namespace: shop, name: db, backend: 10.96.0.12, ports: [{port: 5432}]}\n")
+	// The file above is invalid YAML (services twice): refused.
+	tb.g.reconcile(tb.ctx)
+	if st := tb.g.Status(); st.Config.Refused == nil {
+		t.Fatalf("a site file with services twice was accepted")
+	}
+	tb.write(tb.site, strings.Replace(siteText, "services:\n", "services:\n  - {namespace: shop, name: db, backend: 10.96.0.12, ports: [{port: 5432}]}\n", 1))
+	tb.store.failing = errors.New("disk full")
+	tb.g.reconcile(tb.ctx)
+	st := tb.g.Status()
+	if st.ApplyError == nil || !strings.Contains(st.ApplyError.Msg, "disk full") {
+		t.Fatalf("failed save: apply error %+v", st.ApplyError)
+	}
+	if tb.ip("ingress/shop/db") != "" || len(tb.tab.prog.Services) != 2 {
+		t.Fatalf("an allocation that was not saved is in use: %v; programmed %d services", tb.ip("ingress/shop/db"), len(tb.tab.prog.Services))
+	}
+	tb.store.failing = nil
+	tb.g.reconcile(tb.ctx)
+	if got := tb.ip("ingress/shop/db"); got != "242.1.128.2" || len(tb.tab.prog.Services) != 3 {
+		t.Errorf("after the save works: db at %q, %d services programmed", got, len(tb.tab.prog.Services))
+	}
+	if len(tb.store.st.Allocations) != 4 {
+		t.Errorf("store holds %d allocations, want 4", len(tb.store.st.Allocations))
+	}
+}
+
+func TestExhaustedPoolIsACondition(t *testing.T) {
+	tb := newTestbed(t)
+	text := "pools:\n  - {name: ingress, kind: ingress, cidr: 242.1.128.0/30}\n  - {name: egress, kind: egress, cidr: 242.1.1.0/28}\nservices:\n"
+	for i := range 5 {
+		text += fmt.Sprintf("  - {namespace: default, name: s%d, backend: 10.0.1.%d, ports: [{port: 80}]}\n", i, i+10)
+	}
+	tb.write(tb.site, text)
+	tb.g.reconcile(tb.ctx)
+	st := tb.g.Status()
+	if st.Config.Refused != nil || st.ApplyError != nil {
+		t.Fatalf("refused %+v, apply error %+v", st.Config.Refused, st.ApplyError)
+	}
+	// A /30 has 242.1.128.1-3; web's .1 was released into hold-down: s0,
+	// s1 get .2 and .3, the others wait.
+	if len(st.Conditions) != 3 || !strings.Contains(st.Conditions[0], "pool exhausted") {
+		t.Fatalf("conditions %v", st.Conditions)
+	}
+	if len(tb.tab.prog.Services) != 2 {
+		t.Errorf("%d services programmed, want the 2 that got addresses", len(tb.tab.prog.Services))
+	}
+	// The hold-down passes: one more gets web's old address.
+	tb.now = tb.now.Add(natpool.DefaultHoldDown)
+	tb.g.reconcile(tb.ctx)
+	if st := tb.g.Status(); len(st.Conditions) != 2 || len(tb.tab.prog.Services) != 3 {
+		t.Errorf("after the hold-down: conditions %v, %d services", st.Conditions, len(tb.tab.prog.Services))
+	}
 }
 
 func TestReconcileRefusesBadFileAndKeepsRunning(t *testing.T) {
-	g, f, k, path := testGateway(t)
-	ctx := context.Background()
-	before := g.Status().Config.Hash
+	tb := newTestbed(t)
+	before := tb.g.Status().Config.Hash
 	// Duplicate key: refused, the last good configuration stays applied.
-	bad := strings.Replace(meshText(k, "25s"), k[2].PublicKey().String(), k[0].PublicKey().String(), 1)
-	os.WriteFile(path, []byte(bad), 0o644)
-	g.reconcile(ctx)
-	st := g.Status()
+	bad := strings.Replace(meshText(tb.k, "25s"), tb.k[2].PublicKey().String(), tb.k[0].PublicKey().String(), 1)
+	tb.write(tb.mesh, bad)
+	tb.g.reconcile(tb.ctx)
+	st := tb.g.Status()
 	if st.Config.Refused == nil || !strings.Contains(st.Config.Refused.Msg, "sites[2].publicKey") {
 		t.Fatalf("bad file: refused = %+v", st.Config.Refused)
 	}
-	if st.Config.Hash != before || st.Config.Pending != "" || len(f.tunnel.Peers) != 2 {
-		t.Errorf("bad file: hash %s (was %s), pending %q, %d peers", st.Config.Hash, before, st.Config.Pending, len(f.tunnel.Peers))
+	if st.Config.Hash != before || st.Config.Pending != "" || len(tb.eng.tunnel.Peers) != 2 {
+		t.Errorf("bad file: hash %s (was %s), pending %q, %d peers", st.Config.Hash, before, st.Config.Pending, len(tb.eng.tunnel.Peers))
 	}
-	// The file vanishes: another refusal, still running.
-	os.Remove(path)
-	g.reconcile(ctx)
-	if st := g.Status(); st.Config.Refused == nil || !strings.Contains(st.Config.Refused.Msg, "no such file") {
+	os.Remove(tb.mesh)
+	tb.g.reconcile(tb.ctx)
+	if st := tb.g.Status(); st.Config.Refused == nil || !strings.Contains(st.Config.Refused.Msg, "no such file") {
 		t.Errorf("missing file: refused = %+v", st.Config.Refused)
 	}
 	// The same bad content comes back: its own refusal again, not the
 	// stale "no such file".
-	os.WriteFile(path, []byte(bad), 0o644)
-	g.reconcile(ctx)
-	if st := g.Status(); st.Config.Refused == nil || !strings.Contains(st.Config.Refused.Msg, "sites[2].publicKey") {
+	tb.write(tb.mesh, bad)
+	tb.g.reconcile(tb.ctx)
+	if st := tb.g.Status(); st.Config.Refused == nil || !strings.Contains(st.Config.Refused.Msg, "sites[2].publicKey") {
 		t.Errorf("bad file again: refused = %+v", st.Config.Refused)
 	}
-	// Back to the good file: the refusal clears.
-	os.WriteFile(path, []byte(meshText(k, "25s")), 0o644)
-	g.reconcile(ctx)
-	if st := g.Status(); st.Config.Refused != nil || st.Config.Hash != before {
+	tb.write(tb.mesh, meshText(tb.k, "25s"))
+	tb.g.reconcile(tb.ctx)
+	if st := tb.g.Status(); st.Config.Refused != nil || st.Config.Hash != before {
 		t.Errorf("good file back: refused %+v, hash %s", st.Config.Refused, st.Config.Hash)
 	}
 }
 
 func TestReconcileCallsNothingCurrentUntilApplied(t *testing.T) {
-	g, f, k, path := testGateway(t)
-	ctx := context.Background()
-	before := g.Status().Config.Hash
-	os.WriteFile(path, []byte(meshText(k, "0s")), 0o644)
-	f.failing = errors.New("port in use")
-	g.reconcile(ctx)
-	st := g.Status()
+	tb := newTestbed(t)
+	before := tb.g.Status().Config.Hash
+	tb.write(tb.mesh, meshText(tb.k, "0s"))
+	tb.eng.failing = errors.New("port in use")
+	tb.g.reconcile(tb.ctx)
+	st := tb.g.Status()
 	if st.Config.Hash != before || st.Config.Pending == "" || st.ApplyError == nil || !strings.Contains(st.ApplyError.Msg, "port in use") {
 		t.Fatalf("failing apply: hash %s (was %s), pending %q, error %+v", st.Config.Hash, before, st.Config.Pending, st.ApplyError)
 	}
-	if st.Config.Refused != nil {
-		t.Errorf("a valid file reported refused: %+v", st.Config.Refused)
-	}
-	f.failing = nil
-	g.reconcile(ctx)
-	st = g.Status()
+	tb.eng.failing = nil
+	tb.g.reconcile(tb.ctx)
+	st = tb.g.Status()
 	if st.Config.Hash == before || st.Config.Pending != "" || st.ApplyError != nil {
 		t.Errorf("after the apply succeeds: hash %s, pending %q, error %+v", st.Config.Hash, st.Config.Pending, st.ApplyError)
 	}
-	if f.applied != 2 {
-		t.Errorf("%d applies, want 2 (start and the new file)", f.applied)
+	if tb.eng.applied != 2 {
+		t.Errorf("%d applies, want 2 (start and the new file)", tb.eng.applied)
 	}
-	if ka := f.tunnel.Peers[1].PersistentKeepalive; ka != 0 {
+	if ka := tb.eng.tunnel.Peers[1].PersistentKeepalive; ka != 0 {
 		t.Errorf("branch keepalive %s, want the new file's 0s", ka)
 	}
 }
 
 func TestReconcileRepairsNATDrift(t *testing.T) {
-	g, f, _, _ := testGateway(t)
-	f.rules = nat.Rules{} // someone flushed the table
-	g.reconcile(context.Background())
-	if f.rules.Tunnel != "wg0" || len(f.rules.Maps) != 1 {
-		t.Errorf("NAT rules after a pass: %+v", f.rules)
+	tb := newTestbed(t)
+	tb.tab.drifted = true // someone flushed the table
+	tb.g.reconcile(tb.ctx)
+	if st := tb.g.Status(); st.NAT.Drifts != 1 || tb.tab.drifted {
+		t.Errorf("drifts %d, still drifted %v", st.NAT.Drifts, tb.tab.drifted)
 	}
 }

@@ -11,7 +11,9 @@ import (
 	"os"
 	"time"
 
+	"github.com/straitnet/strait/gateway/nat"
 	"github.com/straitnet/strait/gateway/tunnel"
+	"github.com/straitnet/strait/natpool"
 )
 
 // Status is what a gateway reports about itself on its status socket.
@@ -20,7 +22,8 @@ type Status struct {
 	PublicKey string `json:"publicKey"`
 	Ready     bool   `json:"ready"`
 	Config    struct {
-		File string `json:"file"`
+		MeshFile string `json:"meshFile"`
+		SiteFile string `json:"siteFile,omitempty"`
 		// Hash identifies the configuration the host runs on, applied
 		// in full at AppliedAt.
 		Hash      string    `json:"hash"`
@@ -28,21 +31,45 @@ type Status struct {
 		// Pending is a valid newer configuration that is not applied in
 		// full yet (see ApplyError).
 		Pending string `json:"pending,omitempty"`
-		// Refused says why the file's current content was refused; the
+		// Refused says why the files' current content was refused; the
 		// gateway runs on the configuration of Hash meanwhile.
 		Refused *Problem `json:"refused,omitempty"`
 	} `json:"config"`
 	// ApplyError says why the last pass failed to bring the host to the
 	// configuration; it is retried every interval.
-	ApplyError *Problem      `json:"applyError,omitempty"`
-	Tunnel     tunnel.Status `json:"tunnel"`
-	NAT        []NATMap      `json:"nat"`
+	ApplyError *Problem `json:"applyError,omitempty"`
+	// Conditions are what the gateway could not do although the
+	// configuration is valid: an exhausted pool, an orphaned address.
+	Conditions []string `json:"conditions,omitempty"`
+	// Paths says, for every peer, whether traffic keeps its real
+	// addresses or is translated, each way, and why.
+	Paths []Path `json:"paths"`
+	// Matrix is the same for every two sites of the mesh: the collision
+	// matrix.
+	Matrix      []natpool.Pair       `json:"matrix"`
+	Pools       []natpool.Usage      `json:"pools"`
+	Allocations []natpool.Allocation `json:"allocations"`
+	NAT         NATStatus            `json:"nat"`
+	Tunnel      tunnel.Status        `json:"tunnel"`
 }
 
-// NATMap is one translation the gateway applies.
-type NATMap struct {
-	Real   string `json:"real"`
-	Global string `json:"global"`
+// Path is how traffic flows between this site and a peer.
+type Path struct {
+	Peer     string `json:"peer"`
+	Outbound string `json:"outbound"` // "real" or "translated"
+	Inbound  string `json:"inbound"`
+	Why      string `json:"why,omitempty"`
+}
+
+// NATStatus summarises the translation programmed.
+type NATStatus struct {
+	Table      string   `json:"table"`
+	Services   int      `json:"serviceMappings"`
+	EgressPods int      `json:"egressPods"`
+	EgressNets []string `json:"egressNets"`
+	Translated []string `json:"translatedDestinations"`
+	// Drifts counts the times the table was found edited and rewritten.
+	Drifts int `json:"drifts"`
 }
 
 // Status returns the gateway's status.
@@ -52,7 +79,7 @@ func (g *Gateway) Status() Status {
 	st.PublicKey = g.key.PublicKey().String()
 	g.mu.Lock()
 	st.Ready = g.ready
-	st.Config.File = g.opts.MeshFile
+	st.Config.MeshFile, st.Config.SiteFile = g.opts.MeshFile, g.opts.SiteFile
 	st.Config.Hash = short(g.currentHash)
 	st.Config.AppliedAt = g.appliedAt
 	if g.wantedHash != g.currentHash {
@@ -66,14 +93,35 @@ func (g *Gateway) Status() Status {
 		p := g.applyErr
 		st.ApplyError = &p
 	}
-	for _, m := range g.current.nat.Maps {
-		st.NAT = append(st.NAT, NATMap{Real: m.Real.String(), Global: m.Global.String()})
+	st.Conditions = append(st.Conditions, g.allocErrs...)
+	if g.alloc != nil {
+		for _, o := range g.alloc.Orphans() {
+			st.Conditions = append(st.Conditions, fmt.Sprintf("%s keeps %s, which no pool holds any more (pool %q changed); it moves when %s goes", o.Key, o.IP, o.Pool, o.Key))
+		}
+		st.Pools = g.alloc.Usage()
+		st.Allocations = g.alloc.State().Allocations
+	}
+	st.Matrix = g.current.pairs
+	for _, pr := range g.current.pairs {
+		switch st.Site {
+		case pr.A:
+			st.Paths = append(st.Paths, Path{Peer: pr.B, Outbound: pr.AB, Inbound: pr.BA, Why: pr.Why})
+		case pr.B:
+			st.Paths = append(st.Paths, Path{Peer: pr.A, Outbound: pr.BA, Inbound: pr.AB, Why: pr.Why})
+		}
+	}
+	st.NAT = NATStatus{Table: nat.TableName, Services: len(g.prog.Services), EgressPods: len(g.prog.EgressPods), Drifts: g.drifts}
+	for _, e := range g.prog.EgressNets {
+		st.NAT.EgressNets = append(st.NAT.EgressNets, fmt.Sprintf("%s as %s", e.Source, e.As))
+	}
+	for _, d := range g.prog.Translated {
+		st.NAT.Translated = append(st.NAT.Translated, d.String())
 	}
 	g.mu.Unlock()
 	ts, err := g.engine.Status()
 	if err != nil {
 		st.Ready = false
-		st.ApplyError = &Problem{Msg: err.Error(), At: time.Now()}
+		st.ApplyError = &Problem{Msg: err.Error(), At: g.opts.Now()}
 	}
 	st.Tunnel = ts
 	return st

@@ -1,11 +1,10 @@
 // Package natpool owns strait's address plan: the mesh's global CIDR, the
-// block each cluster holds inside it, and how a cluster's real addresses map
-// into its block.
+// block each site holds inside it (assigned, or derived from the site's
+// name), which traffic between two sites keeps its real addresses and which
+// is translated, the pools cut from a block, the allocator that hands their
+// addresses to services and egress rules, and the store that keeps the
+// allocations across restarts.
 //
-// Everything here is pure Go: it decides, it does not touch the kernel. The
-// gateway renders these decisions into nftables rules.
-//
-// The walking skeleton maps a cluster's pod CIDR one-to-one into its block
-// (PrefixMap). Ingress and egress pools with persistent allocations replace
-// that mapping in a later step.
+// Everything here but the store is pure Go: it decides, it does not touch
+// the kernel. The gateway renders these decisions into nftables maps.
 package natpool

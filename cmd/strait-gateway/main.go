@@ -29,9 +29,11 @@ const usage = `strait-gateway: the gateway of one strait site.
 Usage:
   strait-gateway run --site NAME --mesh FILE [flags]
       Run the gateway: bring up the WireGuard device, configure the peers,
-      routes and NAT of the mesh configuration, and keep them so. The mesh
-      file is re-read every --interval and on SIGHUP; a file that does not
-      validate is refused and the last good configuration keeps running.
+      routes and translation of the mesh configuration and the site file,
+      allocate addresses from the site's pools (kept in the state directory),
+      and keep it all so. The files are re-read every --interval and on
+      SIGHUP; a file that does not validate is refused and the last good
+      configuration keeps running.
   strait-gateway keygen [--state-dir DIR]
       Make this gateway's private key if there is none, and print the public
       key to put in the mesh configuration. The private key never leaves DIR.
@@ -89,6 +91,7 @@ func run(args []string) error {
 	var o gateway.Options
 	fs.StringVar(&o.Site, "site", "", "this gateway's site name in the mesh configuration (required)")
 	fs.StringVar(&o.MeshFile, "mesh", "", "mesh configuration file (required)")
+	fs.StringVar(&o.SiteFile, "site-file", "", "this site's pools, exported services, egress rules and pods (default: default pools, nothing exported)")
 	fs.StringVar(&o.StateDir, "state-dir", gateway.DefaultStateDir, "directory for the private key and the status socket")
 	fs.StringVar(&o.Interface, "interface", "strait0", "WireGuard device name")
 	mode := fs.String("wireguard", "auto", "WireGuard implementation: auto (kernel if present, else userspace), kernel, userspace, wireguard-go (an external binary, see --wireguard-go)")

@@ -3,8 +3,10 @@ package main
 import (
 	"flag"
 	"fmt"
+	"os"
 
 	"github.com/straitnet/strait/gateway/meshconf"
+	"github.com/straitnet/strait/natpool"
 )
 
 const defaultMesh = "/etc/strait/mesh.yaml"
@@ -49,12 +51,21 @@ func configCmd(args []string) error {
 		}
 		fmt.Printf("%s: valid: global CIDR %s, %d sites\n", *mesh, m.GlobalCIDR, len(m.Sites))
 		for _, s := range m.Sites {
-			nat := "no translation"
-			if s.Translated() {
-				nat = fmt.Sprintf("%s translated into it", s.PodCIDR)
+			how := "assigned"
+			if s.BlockDerived {
+				how = "derived from the name"
 			}
-			fmt.Printf("  %-12s block %-16s %s\n", s.Name, s.Block, nat)
+			real := "no real CIDRs"
+			if len(s.CIDRs) > 0 {
+				real = fmt.Sprint(s.CIDRs)
+				if s.Routable {
+					real += " routable"
+				}
+			}
+			fmt.Printf("  %-12s block %-16s (%s)  %s\n", s.Name, s.Block, how, real)
 		}
+		fmt.Println()
+		printMatrix(os.Stdout, natpool.Matrix(m.Plan()))
 		return nil
 	}
 	return usagef("config: unknown subcommand %q", sub)

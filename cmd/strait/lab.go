@@ -18,6 +18,7 @@ import (
 	"github.com/straitnet/strait/e2e/lab"
 	"github.com/straitnet/strait/e2e/lab/wanemu"
 	"github.com/straitnet/strait/gateway"
+	"github.com/straitnet/strait/natpool"
 )
 
 func labCmd(args []string) error {
@@ -115,7 +116,7 @@ func labStatus(args []string) error {
 		return err
 	}
 	fmt.Printf("lab %q, topology %s, state in %s\n\n", l.Run, l.Topology.Name, l.Dir)
-	fmt.Printf("%-16s %-8s %-32s %-16s %s\n", "HOST", "ROLE", "NAMESPACE", "ADDRESS", "GLOBAL / WAN")
+	fmt.Printf("%-16s %-8s %-32s %-16s %s\n", "HOST", "ROLE", "NETWORK NAMESPACE", "ADDRESS", "")
 	for _, h := range l.Hosts {
 		addr, other := "", ""
 		if h.Addr.IsValid() {
@@ -123,7 +124,7 @@ func labStatus(args []string) error {
 		}
 		switch {
 		case h.Role == lab.RolePod:
-			other = h.Global.String()
+			other = fmt.Sprintf("%s/%s, service %s, leaves as %s", h.PodNamespace, h.Service(), h.Global, h.Egress)
 		case h.WAN.IsValid():
 			other = "wan " + h.WAN.String()
 		}
@@ -132,6 +133,7 @@ func labStatus(args []string) error {
 		}
 		fmt.Printf("%-16s %-8s %-32s %-16s %s\n", h.Name, h.Role, h.NS, addr, other)
 	}
+	var matrix []natpool.Pair
 	for _, s := range l.Topology.Sites {
 		if _, ok := l.GatewayOf(s.Name); !ok {
 			continue
@@ -145,6 +147,11 @@ func labStatus(args []string) error {
 			continue
 		}
 		printStatus(os.Stdout, st)
+		matrix = st.Matrix
+	}
+	if matrix != nil {
+		fmt.Println()
+		printMatrix(os.Stdout, matrix)
 	}
 	return nil
 }

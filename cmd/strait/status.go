@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/straitnet/strait/gateway"
+	"github.com/straitnet/strait/natpool"
 )
 
 func statusCmd(args []string) error {
@@ -33,7 +34,22 @@ func statusCmd(args []string) error {
 		return enc.Encode(st)
 	}
 	printStatus(os.Stdout, st)
+	fmt.Println()
+	printMatrix(os.Stdout, st.Matrix)
 	return nil
+}
+
+// printMatrix prints the collision matrix: how traffic flows between every
+// two sites.
+func printMatrix(w io.Writer, m []natpool.Pair) {
+	fmt.Fprintln(w, "collision matrix (real: addresses kept; translated: through egress and ingress addresses):")
+	for _, p := range m {
+		why := ""
+		if p.Why != "" {
+			why = "  (" + p.Why + ")"
+		}
+		fmt.Fprintf(w, "  %-12s -> %-12s %-10s  %-12s -> %-12s %-10s%s\n", p.A, p.B, p.AB, p.B, p.A, p.BA, why)
+	}
 }
 
 // printStatus renders a gateway's status for people.
@@ -56,9 +72,24 @@ func printStatus(w io.Writer, st gateway.Status) {
 		}
 		fmt.Fprintf(w, "  APPLYING%s FAILS since %s: %s\n", pending, st.ApplyError.At.Format(time.TimeOnly), st.ApplyError.Msg)
 	}
-	for _, m := range st.NAT {
-		fmt.Fprintf(w, "  nat: %s <-> %s\n", m.Real, m.Global)
+	for _, c := range st.Conditions {
+		fmt.Fprintf(w, "  CONDITION: %s\n", c)
 	}
+	for _, p := range st.Paths {
+		why := ""
+		if p.Why != "" {
+			why = " (" + p.Why + ")"
+		}
+		fmt.Fprintf(w, "  path %-10s out %-10s in %-10s%s\n", p.Peer, p.Outbound, p.Inbound, why)
+	}
+	for _, u := range st.Pools {
+		fmt.Fprintf(w, "  pool %-10s %-7s %-18s %d of %d used, %d held\n", u.Pool, u.Kind, u.CIDR, u.Used, u.Size, u.Held)
+	}
+	for _, a := range st.Allocations {
+		fmt.Fprintf(w, "  %-15s %s\n", a.IP, a.Key)
+	}
+	fmt.Fprintf(w, "  nat: %d service mappings, %d pods by egress rule, sources %s, translated toward %s, %d drifts repaired\n",
+		st.NAT.Services, st.NAT.EgressPods, strings.Join(st.NAT.EgressNets, ", "), strings.Join(st.NAT.Translated, ", "), st.NAT.Drifts)
 	fmt.Fprintf(w, "  %-10s %-22s %-34s %-11s %10s %10s\n", "PEER", "ENDPOINT", "ALLOWED IPS", "HANDSHAKE", "RX", "TX")
 	for _, p := range t.Peers {
 		hs := "never"

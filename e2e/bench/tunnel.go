@@ -250,7 +250,7 @@ func startIperfServer(l *lab.Lab, host string) error {
 // and returns the receiver's throughput in Gbit/s.
 func iperfPods(ctx context.Context, l *lab.Lab, from, to string, secs int) (float64, error) {
 	src, dst := l.MustHost(from), l.MustHost(to)
-	target := lab.Target(src, dst)
+	target := l.Topology.Target(src, dst)
 	// Warm up: the handshake, ARP, and a reachable server.
 	if _, err := lab.Request(ctx, src, netip.AddrPortFrom(target, lab.ServePort), "tcp", 3*time.Second); err != nil {
 		return 0, fmt.Errorf("%s cannot reach %s at %s: %w", from, to, target, err)

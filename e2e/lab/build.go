@@ -12,6 +12,7 @@ import (
 
 	"github.com/straitnet/strait/e2e/lab/wanemu"
 	"github.com/straitnet/strait/e2e/netns"
+	"github.com/straitnet/strait/natpool"
 )
 
 // builder holds a netlink handle per namespace while the lab is built.
@@ -131,10 +132,21 @@ func (l *Lab) buildSite(b *builder, i int, s Site, wan Host) error {
 		if err := b.route(edge.NS, n.PodCIDR, n.Addr, ""); err != nil {
 			return err
 		}
-		// The node sends the mesh's addresses to the gateway and other
+		// The node sends the mesh's addresses, and the real CIDRs of
+		// sites the mesh routes as they are, to the gateway, and other
 		// nodes' pods to those nodes (the node agent's job, later).
 		if err := b.route(n.NS, l.Topology.GlobalCIDR, edge.Addr, ""); err != nil {
 			return err
+		}
+		for _, p := range l.Topology.Sites {
+			if p.Name == s.Name {
+				continue
+			}
+			for _, c := range natpool.RoutedTo(s.PlanSite(), p.PlanSite())[1:] {
+				if err := b.route(n.NS, c, edge.Addr, ""); err != nil {
+					return err
+				}
+			}
 		}
 		for _, o := range nodes {
 			if o.Name != n.Name {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -19,6 +20,7 @@ import (
 	"github.com/straitnet/strait/e2e/netns"
 	"github.com/straitnet/strait/gateway"
 	"github.com/straitnet/strait/gateway/meshconf"
+	"github.com/straitnet/strait/natpool"
 )
 
 // MeshDoc is the mesh configuration file the lab writes for its gateways,
@@ -34,9 +36,9 @@ type MeshSite struct {
 	PublicKey           string   `yaml:"publicKey" json:"publicKey"`
 	Endpoint            string   `yaml:"endpoint,omitempty" json:"endpoint,omitempty"`
 	ListenPort          int      `yaml:"listenPort,omitempty" json:"listenPort,omitempty"`
-	Block               string   `yaml:"block" json:"block"`
-	PodCIDR             string   `yaml:"podCIDR,omitempty" json:"podCIDR,omitempty"`
-	Prefixes            []string `yaml:"prefixes,omitempty" json:"prefixes,omitempty"`
+	Block               string   `yaml:"block,omitempty" json:"block,omitempty"`
+	CIDRs               []string `yaml:"cidrs,omitempty" json:"cidrs,omitempty"`
+	Routable            bool     `yaml:"routable,omitempty" json:"routable,omitempty"`
 	PersistentKeepalive string   `yaml:"persistentKeepalive,omitempty" json:"persistentKeepalive,omitempty"`
 }
 
@@ -73,14 +75,20 @@ func (l *Lab) startGateways(ctx context.Context) error {
 			return err
 		}
 		edge := l.edge(s.Name)
-		ms := MeshSite{Name: s.Name, Block: s.Block.String(),
+		ms := MeshSite{Name: s.Name, Routable: s.Routable,
 			Endpoint: netip.AddrPortFrom(edge.WAN, meshconf.DefaultListenPort).String()}
+		if !slices.Contains(l.DerivedBlocks, s.Name) {
+			ms.Block = s.Block.String()
+		}
 		var pub []byte
 		var err error
 		if s.Kind == KindWireGuard {
 			pub, err = wgGenkey(edge, filepath.Join(dir, "private.key"))
 		} else {
-			ms.PodCIDR = s.PodCIDR.String()
+			ms.CIDRs = []string{s.PodCIDR.String()}
+			if err := l.writeSiteFile(s); err != nil {
+				return err
+			}
 			pub, err = edge.Namespace().Command(l.Bins.Gateway, "keygen", "--state-dir", dir).Output()
 		}
 		if err != nil {
@@ -175,7 +183,7 @@ func (l *Lab) StartGateway(site string) error {
 	if !ok {
 		return fmt.Errorf("lab: site %q has no gateway", site)
 	}
-	args := []string{"run", "--site", site, "--mesh", l.MeshFile(), "--state-dir", filepath.Join(l.Dir, site),
+	args := []string{"run", "--site", site, "--mesh", l.MeshFile(), "--site-file", l.SiteFile(site), "--state-dir", filepath.Join(l.Dir, site),
 		"--interface", TunnelInterface(l.Run, gw.Index), "--wireguard", l.Bins.WireGuard,
 		"--interval", l.Bins.Interval, "--log-format", "text"}
 	if l.Bins.WireGuardGo != "" {
@@ -365,4 +373,108 @@ func exitError(err error) error {
 		return fmt.Errorf("%v: %s", err, strings.TrimSpace(string(ee.Stderr)))
 	}
 	return err
+}
+
+// SiteFile is the path of a site's site file.
+func (l *Lab) SiteFile(site string) string { return filepath.Join(l.Dir, site, "site.yaml") }
+
+// ClosedPort is a UDP port every pod's service exports but no one listens
+// on: traffic to it draws an ICMP port unreachable from the pod.
+const ClosedPort = 7779
+
+// SiteDoc is a site file as the lab writes it (see siteconf).
+type SiteDoc struct {
+	Services []ServiceDoc `yaml:"services,omitempty"`
+	Egress   struct {
+		Rules []EgressRule `yaml:"rules,omitempty"`
+	} `yaml:"egress,omitempty"`
+	Pods []PodDoc `yaml:"pods,omitempty"`
+}
+
+// ServiceDoc is a service of a SiteDoc.
+type ServiceDoc struct {
+	Namespace string    `yaml:"namespace"`
+	Name      string    `yaml:"name"`
+	Backend   string    `yaml:"backend"`
+	Ports     []PortDoc `yaml:"ports"`
+}
+
+// PortDoc is a port of a ServiceDoc.
+type PortDoc struct {
+	Port     int    `yaml:"port"`
+	Protocol string `yaml:"protocol"`
+}
+
+// PodDoc is a pod of a SiteDoc.
+type PodDoc struct {
+	Namespace string            `yaml:"namespace"`
+	Name      string            `yaml:"name"`
+	IP        string            `yaml:"ip"`
+	Labels    map[string]string `yaml:"labels,omitempty"`
+}
+
+// siteDoc is the site file of a site: every pod exports a service of its
+// own name (the lab server's TCP and UDP port, and a closed UDP port), the
+// topology's egress rules, and the pods they select from.
+func (l *Lab) siteDoc(s Site) SiteDoc {
+	var doc SiteDoc
+	doc.Egress.Rules = s.Egress
+	for _, h := range l.Hosts {
+		if h.Site != s.Name || h.Role != RolePod {
+			continue
+		}
+		doc.Services = append(doc.Services, ServiceDoc{Namespace: h.PodNamespace, Name: h.Service(), Backend: h.Addr.String(),
+			Ports: []PortDoc{{ServePort, "TCP"}, {ServePort, "UDP"}, {ClosedPort, "UDP"}}})
+		doc.Pods = append(doc.Pods, PodDoc{Namespace: h.PodNamespace, Name: h.Service(), IP: h.Addr.String(), Labels: h.Labels})
+	}
+	return doc
+}
+
+func (l *Lab) writeSiteFile(s Site) error {
+	data, err := yaml.Marshal(l.siteDoc(s))
+	if err != nil {
+		return err
+	}
+	header := fmt.Sprintf("# strait site file of %s in lab %q, written by the lab: services, egress rules, pods.\n", s.Name, l.Run)
+	return writeFileAtomic(l.SiteFile(s.Name), append([]byte(header), data...), 0o644)
+}
+
+// readAllocations learns from the gateways the addresses they allocated:
+// each pod's service (ingress) address and the address it leaves as.
+func (l *Lab) readAllocations(ctx context.Context) error {
+	byKey := map[string]netip.Addr{}
+	for _, h := range l.Hosts {
+		if h.Role != RoleGateway {
+			continue
+		}
+		st, err := gateway.FetchStatus(ctx, l.SocketOf(h.Site))
+		if err != nil {
+			return err
+		}
+		for _, a := range st.Allocations {
+			byKey[h.Site+" "+a.Key] = a.IP
+		}
+	}
+	for i := range l.Hosts {
+		h := &l.Hosts[i]
+		switch h.Role {
+		case RolePlain:
+			h.Global, h.Egress = h.Addr, h.Addr
+		case RolePod:
+			s, _ := l.Topology.siteOf(h.Site)
+			h.Global = byKey[h.Site+" "+natpool.IngressKey(h.PodNamespace, h.Service())]
+			h.Egress = byKey[h.Site+" "+natpool.EgressDefaultKey()]
+			for _, r := range s.Egress {
+				rule := natpool.EgressRule{Name: r.Name, Namespace: r.Namespace, Selector: r.PodSelector}
+				if rule.Matches(natpool.Pod{Namespace: h.PodNamespace, Name: h.Name, IP: h.Addr, Labels: h.Labels}) {
+					h.Egress = byKey[h.Site+" "+natpool.EgressRuleKey(r.Name)]
+					break
+				}
+			}
+			if !h.Global.IsValid() || !h.Egress.IsValid() {
+				return fmt.Errorf("lab: the gateway of %s allocated no service or egress address for %s", h.Site, h.Name)
+			}
+		}
+	}
+	return nil
 }

@@ -61,6 +61,9 @@ type Lab struct {
 	Mesh MeshDoc `json:"mesh"`
 	// WANGeneration counts changes of the WAN emulator's configuration.
 	WANGeneration int `json:"wanGeneration"`
+	// DerivedBlocks names the sites whose blocks the mesh file leaves to
+	// the gateways to derive.
+	DerivedBlocks []string `json:"derivedBlocks,omitempty"`
 
 	log io.Writer
 }
@@ -85,6 +88,15 @@ func Up(ctx context.Context, t Topology, o Options) (_ *Lab, err error) {
 	if o.Interval == 0 {
 		o.Interval = time.Second
 	}
+	var derived []string
+	for _, s := range t.Sites {
+		if !s.Block.IsValid() {
+			derived = append(derived, s.Name)
+		}
+	}
+	if t, err = t.Resolve(); err != nil {
+		return nil, err
+	}
 	hosts, err := Plan(t, o.Run)
 	if err != nil {
 		return nil, err
@@ -97,7 +109,7 @@ func Up(ctx context.Context, t Topology, o Options) (_ *Lab, err error) {
 			return nil, fmt.Errorf("lab: binary: %w (run `make build`)", err)
 		}
 	}
-	l := &Lab{Run: o.Run, Dir: filepath.Join(o.Dir, o.Run), Topology: t, Hosts: hosts, log: o.Log}
+	l := &Lab{Run: o.Run, Dir: filepath.Join(o.Dir, o.Run), Topology: t, Hosts: hosts, DerivedBlocks: derived, log: o.Log}
 	l.Bins.Gateway, l.Bins.Strait, l.Bins.WireGuard, l.Bins.WireGuardGo = o.GatewayBin, o.StraitBin, o.WireGuard, o.WireGuardGo
 	l.Bins.Interval = o.Interval.String()
 	defer func() {
@@ -125,6 +137,9 @@ func Up(ctx context.Context, t Topology, o Options) (_ *Lab, err error) {
 		return nil, err
 	}
 	if err := l.waitMeshed(ctx, 20*time.Second); err != nil {
+		return nil, err
+	}
+	if err := l.readAllocations(ctx); err != nil {
 		return nil, err
 	}
 	l.logf("tunnels up: every gateway has a WireGuard session with every peer (%s)", time.Since(start).Round(time.Millisecond))

@@ -185,11 +185,13 @@ type Cell struct {
 	TCP      error
 	ICMP     error
 	SeenAs   netip.Addr // the source address To saw
+	Want     netip.Addr // the source address To should see
 	RTT      time.Duration
 }
 
-// OK reports whether both TCP and ICMP got through.
-func (c Cell) OK() bool { return c.TCP == nil && c.ICMP == nil }
+// OK reports whether both TCP and ICMP got through, and To saw From at the
+// address the address plan says.
+func (c Cell) OK() bool { return c.TCP == nil && c.ICMP == nil && c.SeenAs == c.Want }
 
 // Matrix sends real traffic between every ordered pair of pods and plain
 // hosts: a TCP connection to the lab server and an ICMP echo, each tried a
@@ -200,7 +202,7 @@ func (l *Lab) Matrix(ctx context.Context) []Cell {
 	for _, a := range eps {
 		for _, b := range eps {
 			if a.Name != b.Name {
-				cells = append(cells, Cell{From: a.Name, To: b.Name, Target: Target(a, b)})
+				cells = append(cells, Cell{From: a.Name, To: b.Name, Target: l.Topology.Target(a, b), Want: l.Topology.SeenAs(a, b)})
 			}
 		}
 	}
@@ -258,6 +260,8 @@ func PrintMatrix(w io.Writer, hosts []Host, cells []Cell) {
 			case !ok:
 			case c.OK():
 				s = "ok"
+			case c.TCP == nil && c.ICMP == nil:
+				s = "FAIL(src)"
 			case c.TCP != nil && c.ICMP != nil:
 				s = "FAIL"
 			case c.TCP != nil:
@@ -276,8 +280,11 @@ func PrintMatrix(w io.Writer, hosts []Host, cells []Cell) {
 func PrintPaths(w io.Writer, cells []Cell) {
 	for _, c := range cells {
 		status := "ok"
-		if !c.OK() {
+		switch {
+		case c.TCP != nil || c.ICMP != nil:
 			status = "FAILED: " + errors.Join(c.TCP, c.ICMP).Error()
+		case !c.OK():
+			status = fmt.Sprintf("FAILED: seen as %s, want %s", c.SeenAs, c.Want)
 		}
 		seen := "-"
 		if c.SeenAs.IsValid() {

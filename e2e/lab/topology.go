@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"slices"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -45,11 +46,34 @@ type Site struct {
 	Kind SiteKind `yaml:"kind"`
 	// PodCIDR is the site's real CIDR; node n gets its n-th /24.
 	PodCIDR netip.Prefix `yaml:"podCIDR"`
-	// Block is the site's block of the global CIDR.
+	// Routable lets the mesh route PodCIDR as it is where it collides
+	// with nothing (no translation, sources kept).
+	Routable bool `yaml:"routable"`
+	// Block is the site's block of the global CIDR; zero derives it from
+	// the name, as the gateways do.
 	Block       netip.Prefix `yaml:"block"`
 	Nodes       int          `yaml:"nodes"`
 	PodsPerNode int          `yaml:"podsPerNode"`
-	WAN         WAN          `yaml:"wan"`
+	// Pods sets the namespace and labels of pods by name ("pod2"); the
+	// others are in namespace "default", labelled app=<name>.
+	Pods map[string]PodMeta `yaml:"pods"`
+	// Egress rules of the site, as in its site file.
+	Egress []EgressRule `yaml:"egress"`
+	WAN    WAN          `yaml:"wan"`
+}
+
+// PodMeta is a pod's namespace and labels.
+type PodMeta struct {
+	Namespace string            `yaml:"namespace" json:"namespace"`
+	Labels    map[string]string `yaml:"labels" json:"labels,omitempty"`
+}
+
+// EgressRule is a site's egress rule (see siteconf).
+type EgressRule struct {
+	Name        string            `yaml:"name" json:"name"`
+	Namespace   string            `yaml:"namespace,omitempty" json:"namespace,omitempty"`
+	PodSelector map[string]string `yaml:"podSelector,omitempty" json:"podSelector,omitempty"`
+	Pool        string            `yaml:"pool,omitempty" json:"pool,omitempty"`
 }
 
 // WAN is the site's access link to the WAN router. Delay, jitter and loss
@@ -77,15 +101,22 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 
 // Merger is the demo's topology: two clouds built on the same 10.0.0.0/16,
 // as after a company merger, and an on-premises site on 192.168.0.0/16, each
-// behind a strait gateway, a few milliseconds of WAN apart.
+// behind a strait gateway, a few milliseconds of WAN apart. cloud-a and
+// onprem do not collide and are routable: between them, addresses stay
+// real. cloud-b collides with cloud-a: its traffic is translated. In
+// cloud-a, pod2 runs in namespace payments, whose traffic leaves by an
+// egress address of its own.
 func Merger() Topology {
 	return Topology{
 		Name:       "merger",
 		GlobalCIDR: netip.MustParsePrefix(natpool.DefaultGlobalCIDR),
 		Sites: []Site{
-			{Name: "cloud-a", PodCIDR: pfx("10.0.0.0/16"), Block: pfx("242.0.0.0/16"), Nodes: 2, PodsPerNode: 1, WAN: WAN{Latency: Duration(2 * time.Millisecond)}},
+			{Name: "cloud-a", PodCIDR: pfx("10.0.0.0/16"), Routable: true, Block: pfx("242.0.0.0/16"), Nodes: 2, PodsPerNode: 1,
+				Pods:   map[string]PodMeta{"pod2": {Namespace: "payments", Labels: map[string]string{"app": "api"}}},
+				Egress: []EgressRule{{Name: "payments", Namespace: "payments"}},
+				WAN:    WAN{Latency: Duration(2 * time.Millisecond)}},
 			{Name: "cloud-b", PodCIDR: pfx("10.0.0.0/16"), Block: pfx("242.1.0.0/16"), Nodes: 2, PodsPerNode: 1, WAN: WAN{Latency: Duration(2 * time.Millisecond)}},
-			{Name: "onprem", PodCIDR: pfx("192.168.0.0/16"), Block: pfx("242.2.0.0/16"), Nodes: 1, PodsPerNode: 1, WAN: WAN{Latency: Duration(5 * time.Millisecond)}},
+			{Name: "onprem", PodCIDR: pfx("192.168.0.0/16"), Routable: true, Block: pfx("242.2.0.0/16"), Nodes: 1, PodsPerNode: 1, WAN: WAN{Latency: Duration(5 * time.Millisecond)}},
 		},
 	}
 }
@@ -153,18 +184,28 @@ type Host struct {
 	// Addr is the host's own address: a pod's pod IP, a node's or a
 	// gateway's LAN address, a plain host's mesh address.
 	Addr netip.Addr `json:"addr,omitzero"`
-	// Global is the address other sites reach the host at; invalid for
-	// hosts other sites cannot reach.
+	// Global is the address of the service a pod exports (its site's
+	// gateway allocates it), or a plain host's own address: where sites
+	// reach the host when they cannot use Addr.
 	Global netip.Addr `json:"global,omitzero"`
+	// Egress is the address a pod's traffic leaves its site as, where it
+	// is translated.
+	Egress netip.Addr `json:"egress,omitzero"`
 	// WAN is the gateway's or plain host's address on the WAN.
 	WAN netip.Addr `json:"wan,omitzero"`
 	// Node is the node a pod runs on; PodCIDR the pods' /24 of a node.
 	Node    string       `json:"node,omitempty"`
 	PodCIDR netip.Prefix `json:"podCIDR,omitzero"`
+	// PodNamespace and Labels of a pod.
+	PodNamespace string            `json:"podNamespace,omitempty"`
+	Labels       map[string]string `json:"labels,omitempty"`
 	// Index numbers the host among its kind: the site's index for
 	// gateways and plain hosts, 1.. for nodes and pods.
 	Index int `json:"index"`
 }
+
+// Service is the name of the service a pod exports: the pod's own name.
+func (h Host) Service() string { return h.Name }
 
 // Addressing of the lab's underlay. Every site's LAN uses the same subnet,
 // as real sites would. The WAN is a router with one link per site: site i
@@ -193,7 +234,7 @@ func ValidRun(run string) error {
 
 // Plan lays out the hosts of a topology for a run: names, namespaces and
 // addresses. It validates the topology.
-func Plan(t Topology, run string) ([]Host, error) {
+func Plan(t Topology, run string) (_ []Host, err error) {
 	if err := ValidRun(run); err != nil {
 		return nil, err
 	}
@@ -207,6 +248,9 @@ func Plan(t Topology, run string) ([]Host, error) {
 	hosts := []Host{{Name: "wan", Role: RoleWAN, NS: ns("wan")}}
 	seen := map[string]bool{}
 	for i, s := range t.Sites {
+		if s.Kind == KindWireGuard && s.PodCIDR.IsValid() {
+			return nil, fmt.Errorf("lab: site %s: a plain WireGuard host has no pod CIDR", s.Name)
+		}
 		if !siteRE.MatchString(s.Name) {
 			return nil, fmt.Errorf("lab: site %q: want 1 to 15 lowercase letters, digits or '-'", s.Name)
 		}
@@ -214,7 +258,12 @@ func Plan(t Topology, run string) ([]Host, error) {
 			return nil, fmt.Errorf("lab: site %q appears twice", s.Name)
 		}
 		seen[s.Name] = true
-		if !s.Block.IsValid() || !natpool.Contains(t.GlobalCIDR, s.Block) {
+		if !s.Block.IsValid() {
+			if s.Block, err = natpool.DeriveBlock(t.GlobalCIDR, natpool.DefaultBlockBits, s.Name); err != nil {
+				return nil, fmt.Errorf("lab: site %s: %w", s.Name, err)
+			}
+		}
+		if !natpool.Contains(t.GlobalCIDR, s.Block) {
 			return nil, fmt.Errorf("lab: site %s: block %s is not inside the global CIDR %s", s.Name, s.Block, t.GlobalCIDR)
 		}
 		wanAddr := wanAddr(i, 2)
@@ -228,9 +277,11 @@ func Plan(t Topology, run string) ([]Host, error) {
 		default:
 			return nil, fmt.Errorf("lab: site %s: unknown kind %q (want strait or wireguard)", s.Name, s.Kind)
 		}
-		pm, err := natpool.NewPrefixMap(s.PodCIDR, s.Block)
-		if err != nil {
-			return nil, fmt.Errorf("lab: site %s: %w", s.Name, err)
+		if !s.PodCIDR.IsValid() || !s.PodCIDR.Addr().Is4() || s.PodCIDR.Masked() != s.PodCIDR {
+			return nil, fmt.Errorf("lab: site %s: pod CIDR %s is not a masked IPv4 prefix", s.Name, s.PodCIDR)
+		}
+		if s.PodCIDR.Overlaps(t.GlobalCIDR) {
+			return nil, fmt.Errorf("lab: site %s: pod CIDR %s overlaps the global CIDR %s", s.Name, s.PodCIDR, t.GlobalCIDR)
 		}
 		nodes, ppn := max(s.Nodes, 1), max(s.PodsPerNode, 1)
 		if s.PodCIDR.Bits() > 23 || nodes > 200 || ppn > 200 || nodes+1 > 1<<(24-s.PodCIDR.Bits()) {
@@ -255,10 +306,13 @@ func Plan(t Topology, run string) ([]Host, error) {
 				pod++
 				a := base
 				a[3] = byte(9 + j)
-				addr := netip.AddrFrom4(a)
-				global, _ := pm.ToGlobal(addr)
-				h := Host{Name: fmt.Sprintf("%s-pod%d", s.Name, pod), Site: s.Name, Role: RolePod,
-					Addr: addr, Global: global, Node: node.Name, Index: pod}
+				short := fmt.Sprintf("pod%d", pod)
+				h := Host{Name: s.Name + "-" + short, Site: s.Name, Role: RolePod,
+					Addr: netip.AddrFrom4(a), Node: node.Name, Index: pod,
+					PodNamespace: "default", Labels: map[string]string{"app": short}}
+				if m, ok := s.Pods[short]; ok {
+					h.PodNamespace, h.Labels = m.Namespace, m.Labels
+				}
 				h.NS = ns(h.Name)
 				hosts = append(hosts, h)
 			}
@@ -281,15 +335,6 @@ func Endpoints(hosts []Host) []Host {
 	return out
 }
 
-// Target is the address src uses to reach dst: dst's own address inside
-// its site, its global address from elsewhere.
-func Target(src, dst Host) netip.Addr {
-	if src.Site == dst.Site {
-		return dst.Addr
-	}
-	return dst.Global
-}
-
 // wanAddr is host h (1: router, 2: site edge) on the WAN link of site i.
 func wanAddr(i, h int) netip.Addr {
 	return netip.AddrFrom4([4]byte{198, 18, byte(i), byte(h)})
@@ -300,4 +345,76 @@ func wanAddr(i, h int) netip.Addr {
 // the name carries the run ID.
 func TunnelInterface(run string, i int) string {
 	return fmt.Sprintf("wg-%s-%d", run, i)
+}
+
+// Resolve fills in what the topology leaves to derivation: blocks from the
+// site names, as the gateways derive them.
+func (t Topology) Resolve() (Topology, error) {
+	out := t
+	out.Sites = slices.Clone(t.Sites)
+	for i := range out.Sites {
+		if !out.Sites[i].Block.IsValid() {
+			b, err := natpool.DeriveBlock(t.GlobalCIDR, natpool.DefaultBlockBits, out.Sites[i].Name)
+			if err != nil {
+				return Topology{}, err
+			}
+			out.Sites[i].Block = b
+		}
+	}
+	return out, nil
+}
+
+// PlanSite is a site as the address plan sees it.
+func (s Site) PlanSite() natpool.Site {
+	ps := natpool.Site{Name: s.Name, Block: s.Block, Routable: s.Routable}
+	if s.PodCIDR.IsValid() {
+		ps.CIDRs = []netip.Prefix{s.PodCIDR}
+	}
+	return ps
+}
+
+// siteOf returns a site of the (resolved) topology.
+func (t Topology) siteOf(name string) (Site, bool) {
+	for _, s := range t.Sites {
+		if s.Name == name {
+			return s, true
+		}
+	}
+	return Site{}, false
+}
+
+// realPath reports whether traffic from site a to site b keeps its real
+// addresses (natpool.RealPath), and reach whether a routes b's real CIDR.
+func (t Topology) realPath(a, b string) (real, reach bool) {
+	sa, _ := t.siteOf(a)
+	sb, _ := t.siteOf(b)
+	real = natpool.RealPath(sa.PlanSite(), sb.PlanSite())
+	reach = len(natpool.RoutedTo(sa.PlanSite(), sb.PlanSite())) > 1
+	return real, reach
+}
+
+// Target is the address src uses to reach dst: dst's own address inside
+// its site and wherever dst's site routes its real CIDR to src's, else the
+// address of the service dst exports.
+func (t Topology) Target(src, dst Host) netip.Addr {
+	if src.Site == dst.Site || dst.Role == RolePlain {
+		return dst.Addr
+	}
+	if _, reach := t.realPath(src.Site, dst.Site); reach {
+		return dst.Addr
+	}
+	return dst.Global
+}
+
+// SeenAs is the source address dst sees a connection from src come from:
+// src's own where traffic keeps its real addresses, else src's egress
+// address.
+func (t Topology) SeenAs(src, dst Host) netip.Addr {
+	if src.Site == dst.Site || src.Role == RolePlain {
+		return src.Addr
+	}
+	if real, _ := t.realPath(src.Site, dst.Site); real {
+		return src.Addr
+	}
+	return src.Egress
 }

@@ -2,8 +2,11 @@ package lab
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/straitnet/strait/natpool"
 )
 
 // render prints a plan one host a line, for comparison in table tests.
@@ -26,6 +29,9 @@ func render(hosts []Host) string {
 		if h.Node != "" {
 			fmt.Fprintf(&b, " on=%s", h.Node)
 		}
+		if h.PodNamespace != "" {
+			fmt.Fprintf(&b, " ns=%s app=%s", h.PodNamespace, h.Labels["app"])
+		}
 		b.WriteString("\n")
 	}
 	return b.String()
@@ -40,19 +46,19 @@ func TestPlanMerger(t *testing.T) {
 cloud-a-lan switch strait-demo-cloud-a-lan
 cloud-a-gw gateway strait-demo-cloud-a-gw addr=172.31.0.1 wan=198.18.0.2
 cloud-a-node1 node strait-demo-cloud-a-node1 addr=172.31.0.11 pods=10.0.1.0/24
-cloud-a-pod1 pod strait-demo-cloud-a-pod1 addr=10.0.1.10 global=242.0.1.10 on=cloud-a-node1
+cloud-a-pod1 pod strait-demo-cloud-a-pod1 addr=10.0.1.10 on=cloud-a-node1 ns=default app=pod1
 cloud-a-node2 node strait-demo-cloud-a-node2 addr=172.31.0.12 pods=10.0.2.0/24
-cloud-a-pod2 pod strait-demo-cloud-a-pod2 addr=10.0.2.10 global=242.0.2.10 on=cloud-a-node2
+cloud-a-pod2 pod strait-demo-cloud-a-pod2 addr=10.0.2.10 on=cloud-a-node2 ns=payments app=api
 cloud-b-lan switch strait-demo-cloud-b-lan
 cloud-b-gw gateway strait-demo-cloud-b-gw addr=172.31.0.1 wan=198.18.1.2
 cloud-b-node1 node strait-demo-cloud-b-node1 addr=172.31.0.11 pods=10.0.1.0/24
-cloud-b-pod1 pod strait-demo-cloud-b-pod1 addr=10.0.1.10 global=242.1.1.10 on=cloud-b-node1
+cloud-b-pod1 pod strait-demo-cloud-b-pod1 addr=10.0.1.10 on=cloud-b-node1 ns=default app=pod1
 cloud-b-node2 node strait-demo-cloud-b-node2 addr=172.31.0.12 pods=10.0.2.0/24
-cloud-b-pod2 pod strait-demo-cloud-b-pod2 addr=10.0.2.10 global=242.1.2.10 on=cloud-b-node2
+cloud-b-pod2 pod strait-demo-cloud-b-pod2 addr=10.0.2.10 on=cloud-b-node2 ns=default app=pod2
 onprem-lan switch strait-demo-onprem-lan
 onprem-gw gateway strait-demo-onprem-gw addr=172.31.0.1 wan=198.18.2.2
 onprem-node1 node strait-demo-onprem-node1 addr=172.31.0.11 pods=192.168.1.0/24
-onprem-pod1 pod strait-demo-onprem-pod1 addr=192.168.1.10 global=242.2.1.10 on=onprem-node1
+onprem-pod1 pod strait-demo-onprem-pod1 addr=192.168.1.10 on=onprem-node1 ns=default app=pod1
 `
 	if got := render(hosts); got != want {
 		t.Errorf("plan:\n%s\nwant:\n%s", got, want)
@@ -72,22 +78,64 @@ func TestPlanPodsAndPlainSite(t *testing.T) {
 c-lan switch strait-r1-c-lan
 c-gw gateway strait-r1-c-gw addr=172.31.0.1 wan=198.18.0.2
 c-node1 node strait-r1-c-node1 addr=172.31.0.11 pods=10.8.1.0/24
-c-pod1 pod strait-r1-c-pod1 addr=10.8.1.10 global=242.9.17.10 on=c-node1
-c-pod2 pod strait-r1-c-pod2 addr=10.8.1.11 global=242.9.17.11 on=c-node1
+c-pod1 pod strait-r1-c-pod1 addr=10.8.1.10 on=c-node1 ns=default app=pod1
+c-pod2 pod strait-r1-c-pod2 addr=10.8.1.11 on=c-node1 ns=default app=pod2
 branch-host plain strait-r1-branch-host addr=242.3.0.1 global=242.3.0.1 wan=198.18.1.2
 `
 	if got := render(hosts); got != want {
 		t.Errorf("plan:\n%s\nwant:\n%s", got, want)
 	}
-	eps := Endpoints(hosts)
-	if len(eps) != 3 {
-		t.Fatalf("endpoints %v", eps)
+}
+
+func TestPlanDerivesBlocks(t *testing.T) {
+	topo := Pair()
+	topo.Sites[1].Block = netip.Prefix{}
+	resolved, err := topo.Resolve()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if got := Target(eps[0], eps[1]); got.String() != "10.8.1.11" {
-		t.Errorf("same site: target %s, want the real address", got)
+	want, _ := natpool.DeriveBlock(topo.GlobalCIDR, natpool.DefaultBlockBits, "cloud-b")
+	if resolved.Sites[1].Block != want || resolved.Sites[0].Block.String() != "242.0.0.0/16" {
+		t.Errorf("resolved blocks %s, %s; want cloud-b's derived %s", resolved.Sites[0].Block, resolved.Sites[1].Block, want)
 	}
-	if got := Target(eps[2], eps[0]); got.String() != "242.9.17.10" {
-		t.Errorf("across sites: target %s, want the global address", got)
+	if topo.Sites[1].Block.IsValid() {
+		t.Error("Resolve changed the topology it was given")
+	}
+}
+
+// TestTargetAndSeenAs checks the lab's expectations against the address
+// plan on the merger topology.
+func TestTargetAndSeenAs(t *testing.T) {
+	topo := Merger()
+	hosts, err := Plan(topo, "r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := map[string]Host{}
+	for _, x := range hosts {
+		x.Global = netip.MustParseAddr("242.99.0.1") // stand-ins for allocations
+		x.Egress = netip.MustParseAddr("242.99.1.1")
+		h[x.Name] = x
+	}
+	for _, tt := range []struct {
+		from, to       string
+		target, seenAs string
+	}{
+		{"cloud-a-pod1", "cloud-a-pod2", "10.0.2.10", "10.0.1.10"},   // same site
+		{"cloud-a-pod1", "cloud-b-pod1", "242.99.0.1", "242.99.1.1"}, // collide: service, egress
+		{"cloud-b-pod1", "cloud-a-pod1", "242.99.0.1", "242.99.1.1"},
+		{"cloud-a-pod1", "onprem-pod1", "192.168.1.10", "10.0.1.10"}, // both routable: real
+		{"onprem-pod1", "cloud-a-pod2", "10.0.2.10", "192.168.1.10"},
+		{"cloud-b-pod2", "onprem-pod1", "192.168.1.10", "242.99.1.1"}, // cloud-b not routable
+		{"onprem-pod1", "cloud-b-pod2", "242.99.0.1", "192.168.1.10"},
+	} {
+		from, to := h[tt.from], h[tt.to]
+		if got := topo.Target(from, to).String(); got != tt.target {
+			t.Errorf("%s -> %s: target %s, want %s", tt.from, tt.to, got, tt.target)
+		}
+		if got := topo.SeenAs(from, to).String(); got != tt.seenAs {
+			t.Errorf("%s -> %s: seen as %s, want %s", tt.from, tt.to, got, tt.seenAs)
+		}
 	}
 }
 
@@ -105,7 +153,7 @@ func TestPlanRefuses(t *testing.T) {
 		{"duplicate site", "r", func(t *Topology) { t.Sites[1].Name = t.Sites[0].Name }, "appears twice"},
 		{"site name too long", "r", func(t *Topology) { t.Sites[0].Name = "a-very-long-site-name" }, "1 to 15"},
 		{"block outside", "r", func(t *Topology) { t.Sites[0].Block = pfx("10.9.0.0/16") }, "not inside the global CIDR"},
-		{"lengths differ", "r", func(t *Topology) { t.Sites[0].PodCIDR = pfx("10.0.0.0/20") }, "prefix lengths differ"},
+		{"pod CIDR in the global CIDR", "r", func(t *Topology) { t.Sites[0].PodCIDR = pfx("242.7.0.0/16") }, "overlaps the global CIDR"},
 		{"too many nodes", "r", func(t *Topology) {
 			t.Sites[0].PodCIDR, t.Sites[0].Block, t.Sites[0].Nodes = pfx("10.0.0.0/23"), pfx("242.0.0.0/23"), 2
 		}, "do not fit"},

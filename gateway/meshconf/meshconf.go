@@ -1,7 +1,6 @@
 // Package meshconf reads and validates the mesh configuration file: the
 // global CIDR and, for every site, its WireGuard public key, endpoint, block
-// of the global CIDR, the real CIDR translated into that block and the real
-// prefixes routed to it as they are.
+// of the global CIDR, and real CIDRs (routable or not).
 //
 // Every gateway of the mesh reads the same file and finds itself in it by
 // site name. Parse refuses a file that is malformed or inconsistent with an
@@ -16,7 +15,6 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -24,6 +22,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	"gopkg.in/yaml.v3"
 
+	"github.com/straitnet/strait/gateway/internal/yamlpos"
 	"github.com/straitnet/strait/natpool"
 )
 
@@ -38,7 +37,9 @@ const DefaultPersistentKeepalive = 25 * time.Second
 // Mesh is a validated mesh configuration.
 type Mesh struct {
 	GlobalCIDR netip.Prefix
-	Sites      []Site
+	// BlockBits is the prefix length of blocks derived from site names.
+	BlockBits int
+	Sites     []Site
 }
 
 // Site is one member of the mesh: a strait gateway, or a plain WireGuard host
@@ -53,26 +54,20 @@ type Site struct {
 	// ListenPort is the UDP port of the site's WireGuard device: listenPort
 	// if set, else the endpoint's port, else DefaultListenPort.
 	ListenPort int
-	// Block is the site's share of the global CIDR.
-	Block netip.Prefix
-	// PodCIDR is the site's real CIDR, translated one-to-one into Block at
-	// the site's gateway. Invalid (zero) for a site whose hosts use
-	// addresses of its block directly, such as a plain WireGuard host.
-	PodCIDR netip.Prefix
-	// Prefixes are real prefixes behind the site routed to it without
-	// translation (they must not collide with anything else in the mesh).
-	Prefixes []netip.Prefix
+	// Block is the site's share of the global CIDR; BlockDerived says it
+	// was derived from the name (natpool.DeriveBlock), not assigned.
+	Block        netip.Prefix
+	BlockDerived bool
+	// CIDRs are the site's real CIDRs (pods, services, hosts).
+	CIDRs []netip.Prefix
+	// Routable says the real CIDRs may be routed as they are to every site
+	// they do not collide with (no translation, sources kept).
+	Routable bool
 	// PersistentKeepalive is the interval of keepalives peers send to the
 	// site; 0 turns them off.
 	PersistentKeepalive time.Duration
 	// Line is where the site starts in the file.
 	Line int
-}
-
-// AllowedIPs is what the site's peers accept from it and route to it: its
-// block and its routed prefixes.
-func (s *Site) AllowedIPs() []netip.Prefix {
-	return append([]netip.Prefix{s.Block}, s.Prefixes...)
 }
 
 // TunnelAddr is the site's own address in the mesh: the first host address
@@ -83,8 +78,10 @@ func (s *Site) TunnelAddr() netip.Addr {
 	return s.Block.Addr().Next()
 }
 
-// Translated reports whether the site's gateway translates a real CIDR into its block.
-func (s *Site) Translated() bool { return s.PodCIDR.IsValid() }
+// Plan is the site as the address plan sees it.
+func (s *Site) Plan() natpool.Site {
+	return natpool.Site{Name: s.Name, Block: s.Block, CIDRs: s.CIDRs, Routable: s.Routable}
+}
 
 // Site returns the site called name.
 func (m *Mesh) Site(name string) (*Site, bool) {
@@ -116,6 +113,15 @@ func (m *Mesh) Peers(self string) []Site {
 	return out
 }
 
+// Plan returns every site as the address plan sees it.
+func (m *Mesh) Plan() []natpool.Site {
+	out := make([]natpool.Site, len(m.Sites))
+	for i := range m.Sites {
+		out[i] = m.Sites[i].Plan()
+	}
+	return out
+}
+
 // Load reads and parses the mesh configuration at path.
 func Load(path string) (*Mesh, error) {
 	data, err := os.ReadFile(path)
@@ -126,210 +132,100 @@ func Load(path string) (*Mesh, error) {
 }
 
 // Parse parses and validates a mesh configuration. file names the source in
-// error messages. The error, if any, is an ErrorList.
+// error messages. The error, if any, is a yamlpos.ErrorList.
 func Parse(file string, data []byte) (*Mesh, error) {
-	d := &decoder{file: file}
+	d := &decoder{Decoder: yamlpos.Decoder{File: file}}
 	m := d.mesh(data)
-	if len(d.errs) > 0 {
-		d.errs.sort()
-		return nil, d.errs
+	if err := d.Err(); err != nil {
+		return nil, err
 	}
 	return m, nil
 }
 
-// Error is one problem in a mesh configuration file.
-type Error struct {
-	File   string
-	Line   int
-	Column int
-	Field  string // such as "sites[1].publicKey"; empty for the whole file
-	Msg    string
-}
-
-func (e *Error) Error() string {
-	var b strings.Builder
-	b.WriteString(e.File)
-	if e.Line > 0 {
-		fmt.Fprintf(&b, ":%d:%d", e.Line, e.Column)
-	}
-	b.WriteString(": ")
-	if e.Field != "" {
-		b.WriteString(e.Field)
-		b.WriteString(": ")
-	}
-	b.WriteString(e.Msg)
-	return b.String()
-}
-
-// ErrorList is every problem found in a file, in file order.
-type ErrorList []*Error
-
-func (l ErrorList) Error() string {
-	msgs := make([]string, len(l))
-	for i, e := range l {
-		msgs[i] = e.Error()
-	}
-	return strings.Join(msgs, "\n")
-}
-
-func (l ErrorList) sort() {
-	slices.SortStableFunc(l, func(a, b *Error) int {
-		if a.Line != b.Line {
-			return a.Line - b.Line
-		}
-		return a.Column - b.Column
-	})
-}
-
 type decoder struct {
-	file string
-	errs ErrorList
-}
-
-func (d *decoder) fail(n *yaml.Node, field, format string, args ...any) {
-	e := &Error{File: d.file, Field: field, Msg: fmt.Sprintf(format, args...)}
-	if n != nil {
-		e.Line, e.Column = n.Line, n.Column
-	}
-	d.errs = append(d.errs, e)
-}
-
-// fields returns the values of a mapping node by key, reporting unknown and
-// repeated keys. known lists the keys in the order the docs present them.
-func (d *decoder) fields(n *yaml.Node, field string, known ...string) map[string]*yaml.Node {
-	if n.Kind != yaml.MappingNode {
-		d.fail(n, field, "want a mapping of %s, got %s", strings.Join(known, ", "), kind(n))
-		return nil
-	}
-	out := make(map[string]*yaml.Node)
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		name := join(field, k.Value)
-		switch {
-		case !slices.Contains(known, k.Value):
-			d.fail(k, name, "unknown field (known fields: %s)", strings.Join(known, ", "))
-		case out[k.Value] != nil:
-			d.fail(k, name, "set twice (first on line %d)", out[k.Value].Line)
-		default:
-			out[k.Value] = v
-		}
-	}
-	return out
-}
-
-func (d *decoder) scalar(n *yaml.Node, field string) (string, bool) {
-	if n.Kind != yaml.ScalarNode {
-		d.fail(n, field, "want a single value, got %s", kind(n))
-		return "", false
-	}
-	return n.Value, true
-}
-
-func (d *decoder) prefix(n *yaml.Node, field string) netip.Prefix {
-	s, ok := d.scalar(n, field)
-	if !ok {
-		return netip.Prefix{}
-	}
-	p, err := netip.ParsePrefix(s)
-	if err != nil {
-		d.fail(n, field, "%q is not a CIDR prefix such as 10.0.0.0/16", s)
-		return netip.Prefix{}
-	}
-	if p.Masked() != p {
-		d.fail(n, field, "%s has host bits set; the prefix is %s", p, p.Masked())
-		return netip.Prefix{}
-	}
-	if !p.Addr().Is4() {
-		d.fail(n, field, "%s: only IPv4 prefixes are supported inside the mesh so far", p)
-		return netip.Prefix{}
-	}
-	return p
+	yamlpos.Decoder
 }
 
 func (d *decoder) mesh(data []byte) *Mesh {
-	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
-		d.errs = append(d.errs, yamlError(d.file, err))
-		return nil
-	}
-	if len(doc.Content) == 0 {
-		d.fail(nil, "", "empty file: want globalCIDR and sites")
-		return nil
-	}
-	top := d.fields(doc.Content[0], "", "globalCIDR", "sites")
+	top := d.Document(data, "globalCIDR and sites")
 	if top == nil {
 		return nil
 	}
-	m := &Mesh{GlobalCIDR: netip.MustParsePrefix(natpool.DefaultGlobalCIDR)}
-	if n := top["globalCIDR"]; n != nil {
-		m.GlobalCIDR = d.prefix(n, "globalCIDR")
+	f := d.Fields(top, "", "globalCIDR", "blockSize", "sites")
+	if f == nil {
+		return nil
 	}
-	sites := top["sites"]
+	m := &Mesh{GlobalCIDR: netip.MustParsePrefix(natpool.DefaultGlobalCIDR), BlockBits: natpool.DefaultBlockBits}
+	if n := f["globalCIDR"]; n != nil {
+		m.GlobalCIDR = d.Prefix(n, "globalCIDR")
+	}
+	if n := f["blockSize"]; n != nil {
+		if s, ok := d.Scalar(n, "blockSize"); ok {
+			bits, err := strconv.Atoi(strings.TrimPrefix(s, "/"))
+			switch {
+			case err != nil || !strings.HasPrefix(s, "/"):
+				d.Fail(n, "blockSize", "%q is not a prefix length such as /16", s)
+			case m.GlobalCIDR.IsValid() && (bits <= m.GlobalCIDR.Bits() || bits > 30):
+				d.Fail(n, "blockSize", "/%d: want a length between /%d and /30, inside the global CIDR %s", bits, m.GlobalCIDR.Bits()+1, m.GlobalCIDR)
+			default:
+				m.BlockBits = bits
+			}
+		}
+	}
+	sites := f["sites"]
 	if sites == nil {
-		d.fail(doc.Content[0], "sites", "missing: a mesh needs at least one site")
+		d.Fail(top, "sites", "missing: a mesh needs at least one site")
 		return m
 	}
-	if sites.Kind != yaml.SequenceNode {
-		d.fail(sites, "sites", "want a list of sites, got %s", kind(sites))
+	items := d.List(sites, "sites", "sites")
+	if items == nil {
 		return m
 	}
-	var nodes []siteNodes
-	for i, n := range sites.Content {
-		s, sn := d.site(n, fmt.Sprintf("sites[%d]", i))
+	var nodes []map[string]*yaml.Node
+	for i, n := range items {
+		s, fields := d.site(n, fmt.Sprintf("sites[%d]", i), m)
 		m.Sites = append(m.Sites, s)
-		nodes = append(nodes, sn)
+		nodes = append(nodes, fields)
 	}
 	if len(m.Sites) == 0 {
-		d.fail(sites, "sites", "empty: a mesh needs at least one site")
+		d.Fail(sites, "sites", "empty: a mesh needs at least one site")
 	}
 	d.crossCheck(m, nodes)
 	return m
 }
 
-// siteNodes keeps where each field of a site was written, for messages
-// about conflicts between sites.
-type siteNodes struct {
-	site   *yaml.Node
-	fields map[string]*yaml.Node
-}
-
-var siteFields = []string{"name", "publicKey", "endpoint", "listenPort", "block", "podCIDR", "prefixes", "persistentKeepalive"}
+var siteFields = []string{"name", "publicKey", "endpoint", "listenPort", "block", "cidrs", "routable", "persistentKeepalive"}
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
 
-func (d *decoder) site(n *yaml.Node, field string) (Site, siteNodes) {
+func (d *decoder) site(n *yaml.Node, field string, m *Mesh) (Site, map[string]*yaml.Node) {
 	s := Site{Line: n.Line, PersistentKeepalive: DefaultPersistentKeepalive}
-	f := d.fields(n, field, siteFields...)
-	sn := siteNodes{site: n, fields: f}
+	f := d.Fields(n, field, siteFields...)
 	if f == nil {
-		return s, sn
+		return s, nil
 	}
-	for _, req := range []string{"name", "publicKey", "block"} {
-		if f[req] == nil {
-			d.fail(n, join(field, req), "missing")
-		}
-	}
+	d.Require(n, f, field, "name", "publicKey")
 	if v := f["name"]; v != nil {
-		if name, ok := d.scalar(v, field+".name"); ok {
+		if name, ok := d.Scalar(v, field+".name"); ok {
 			if len(name) > 63 || !nameRE.MatchString(name) {
-				d.fail(v, field+".name", "%q is not a valid site name (lowercase letters, digits and '-', at most 63, like a DNS label)", name)
+				d.Fail(v, field+".name", "%q is not a valid site name (lowercase letters, digits and '-', at most 63, like a DNS label)", name)
 			}
 			s.Name = name
 		}
 	}
 	if v := f["publicKey"]; v != nil {
-		if str, ok := d.scalar(v, field+".publicKey"); ok {
+		if str, ok := d.Scalar(v, field+".publicKey"); ok {
 			k, err := wgtypes.ParseKey(str)
 			if err != nil {
-				d.fail(v, field+".publicKey", "not a WireGuard key (44 characters of base64, as `wg pubkey` prints)")
+				d.Fail(v, field+".publicKey", "not a WireGuard key (44 characters of base64, as `wg pubkey` prints)")
 			}
 			s.PublicKey = k
 		}
 	}
 	if v := f["endpoint"]; v != nil {
-		if str, ok := d.scalar(v, field+".endpoint"); ok && str != "" {
+		if str, ok := d.Scalar(v, field+".endpoint"); ok && str != "" {
 			if port, err := checkEndpoint(str); err != nil {
-				d.fail(v, field+".endpoint", "%q: %v", str, err)
+				d.Fail(v, field+".endpoint", "%q: %v", str, err)
 			} else {
 				s.Endpoint, s.ListenPort = str, port
 			}
@@ -339,46 +235,39 @@ func (d *decoder) site(n *yaml.Node, field string) (Site, siteNodes) {
 		s.ListenPort = DefaultListenPort
 	}
 	if v := f["listenPort"]; v != nil {
-		if str, ok := d.scalar(v, field+".listenPort"); ok {
-			p, err := strconv.Atoi(str)
-			if err != nil || p < 1 || p > 65535 {
-				d.fail(v, field+".listenPort", "%q is not a UDP port (1-65535)", str)
-			} else {
-				s.ListenPort = p
-			}
+		if p := d.Int(v, field+".listenPort", 1, 65535, "a UDP port"); p != 0 {
+			s.ListenPort = p
 		}
 	}
 	if v := f["block"]; v != nil {
-		s.Block = d.prefix(v, field+".block")
+		s.Block = d.Prefix(v, field+".block")
+	} else if s.Name != "" && m.GlobalCIDR.IsValid() {
+		b, err := natpool.DeriveBlock(m.GlobalCIDR, m.BlockBits, s.Name)
+		if err != nil {
+			d.Fail(n, field+".block", "%v", err)
+		}
+		s.Block, s.BlockDerived = b, true
 	}
-	if v := f["podCIDR"]; v != nil {
-		s.PodCIDR = d.prefix(v, field+".podCIDR")
-	}
-	if v := f["prefixes"]; v != nil {
-		if v.Kind != yaml.SequenceNode {
-			d.fail(v, field+".prefixes", "want a list of prefixes, got %s", kind(v))
-		} else {
-			for i, pn := range v.Content {
-				if p := d.prefix(pn, fmt.Sprintf("%s.prefixes[%d]", field, i)); p.IsValid() {
-					s.Prefixes = append(s.Prefixes, p)
-				}
+	if v := f["cidrs"]; v != nil {
+		for i, pn := range d.List(v, field+".cidrs", "prefixes") {
+			if p := d.Prefix(pn, fmt.Sprintf("%s.cidrs[%d]", field, i)); p.IsValid() {
+				s.CIDRs = append(s.CIDRs, p)
 			}
 		}
 	}
+	if v := f["routable"]; v != nil {
+		s.Routable = d.Bool(v, field+".routable")
+	}
 	if v := f["persistentKeepalive"]; v != nil {
-		if str, ok := d.scalar(v, field+".persistentKeepalive"); ok {
-			ka, err := time.ParseDuration(str)
-			switch {
-			case err != nil:
-				d.fail(v, field+".persistentKeepalive", "%q is not a duration such as 25s", str)
-			case ka < 0 || ka > 65535*time.Second || ka%time.Second != 0:
-				d.fail(v, field+".persistentKeepalive", "%s: want whole seconds between 0s (off) and 65535s", ka)
-			default:
+		if ka, ok := d.Duration(v, field+".persistentKeepalive"); ok {
+			if ka < 0 || ka > 65535*time.Second || ka%time.Second != 0 {
+				d.Fail(v, field+".persistentKeepalive", "%s: want whole seconds between 0s (off) and 65535s", ka)
+			} else {
 				s.PersistentKeepalive = ka
 			}
 		}
 	}
-	return s, sn
+	return s, f
 }
 
 // checkEndpoint checks "host:port" and returns the port.
@@ -410,110 +299,79 @@ func checkEndpoint(s string) (int, error) {
 
 var hostLabelRE = regexp.MustCompile(`^[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?$`)
 
-// crossCheck validates what involves more than one field: uniqueness, blocks
-// inside the global CIDR, and overlaps between what sites route.
-func (d *decoder) crossCheck(m *Mesh, nodes []siteNodes) {
-	type claim struct {
-		p     netip.Prefix
-		site  int
-		field string
-		node  *yaml.Node
+// crossCheck validates what involves more than one field: uniqueness,
+// blocks inside the global CIDR and apart, real CIDRs apart from the global
+// CIDR, and routable CIDRs apart from each other.
+func (d *decoder) crossCheck(m *Mesh, nodes []map[string]*yaml.Node) {
+	// where names a site's field for messages about conflicts.
+	where := func(j int, key string) string {
+		line := m.Sites[j].Line
+		if n := nodes[j][key]; n != nil {
+			line = n.Line
+		}
+		return fmt.Sprintf("%s (sites[%d], line %d)", m.Sites[j].Name, j, line)
 	}
-	var routed []claim // what peers route to a site: its AllowedIPs
-	var inside []claim // translated real CIDRs; only ever seen inside their own site
+	at := func(i int, key string) *yaml.Node {
+		if n := nodes[i][key]; n != nil {
+			return n
+		}
+		return nil
+	}
 	for i := range m.Sites {
-		s, f := &m.Sites[i], nodes[i].fields
+		s := &m.Sites[i]
 		field := fmt.Sprintf("sites[%d]", i)
+		if nodes[i] == nil {
+			continue
+		}
+		site := at(i, "name")
 		for j := range i {
 			o := &m.Sites[j]
 			if s.Name != "" && s.Name == o.Name {
-				d.fail(f["name"], field+".name", "site %q is defined twice (also sites[%d], line %d)", s.Name, j, o.Line)
+				d.Fail(site, field+".name", "site %q is defined twice (also sites[%d], line %d)", s.Name, j, o.Line)
 			}
 			var zero wgtypes.Key
 			if s.PublicKey != zero && s.PublicKey == o.PublicKey {
-				d.fail(f["publicKey"], field+".publicKey", "same public key as sites[%d] (%s, line %d): every site needs its own key", j, o.Name, nodes[j].fields["publicKey"].Line)
+				d.Fail(at(i, "publicKey"), field+".publicKey", "same public key as sites[%d] (%s, line %d): every site needs its own key", j, o.Name, nodes[j]["publicKey"].Line)
+			}
+			if s.Block.IsValid() && o.Block.IsValid() && s.Block.Overlaps(o.Block) {
+				n, how := at(i, "block"), ""
+				if s.BlockDerived {
+					n, how = site, " (derived from the name)"
+				}
+				other := "block of " + where(j, "block")
+				if o.BlockDerived {
+					other = "block derived from the name of " + where(j, "name")
+				}
+				d.Fail(n, field+".block", "%s%s overlaps %s %s: assign one of them a block explicitly", s.Block, how, other, o.Block)
+			}
+			if s.Routable && o.Routable {
+				for _, c := range natpool.Collisions(s.Plan(), o.Plan()) {
+					d.Fail(at(i, "routable"), field+".routable", "%s of %s collides with %s of %s, which is routable too: "+
+						"at most one of colliding sites may be routable", c[0], s.Name, c[1], where(j, "cidrs"))
+				}
 			}
 		}
-		if s.Block.IsValid() {
-			if m.GlobalCIDR.IsValid() && !natpool.Contains(m.GlobalCIDR, s.Block) {
-				d.fail(f["block"], field+".block", "%s is outside the global CIDR %s", s.Block, m.GlobalCIDR)
+		if s.Block.IsValid() && m.GlobalCIDR.IsValid() {
+			n := at(i, "block")
+			if n == nil {
+				n = site
+			}
+			if !natpool.Contains(m.GlobalCIDR, s.Block) {
+				d.Fail(n, field+".block", "%s is outside the global CIDR %s", s.Block, m.GlobalCIDR)
 			}
 			if s.Block.Bits() > 30 {
-				d.fail(f["block"], field+".block", "%s is too small: a block needs room for the site's tunnel address and hosts (at most /30)", s.Block)
+				d.Fail(n, field+".block", "%s is too small: a block needs room for the site's tunnel address and pools (at most /30)", s.Block)
 			}
-			routed = append(routed, claim{s.Block, i, field + ".block", f["block"]})
 		}
-		if s.PodCIDR.IsValid() {
-			if s.Block.IsValid() && s.PodCIDR.Bits() != s.Block.Bits() {
-				d.fail(f["podCIDR"], field+".podCIDR", "%s cannot be translated one-to-one into block %s: prefix lengths differ (/%d and /%d)",
-					s.PodCIDR, s.Block, s.PodCIDR.Bits(), s.Block.Bits())
+		for k, c := range s.CIDRs {
+			if m.GlobalCIDR.IsValid() && c.Overlaps(m.GlobalCIDR) {
+				d.Fail(nodes[i]["cidrs"].Content[k], fmt.Sprintf("%s.cidrs[%d]", field, k), "%s overlaps the global CIDR %s, which is reserved for the mesh", c, m.GlobalCIDR)
 			}
-			if m.GlobalCIDR.IsValid() && s.PodCIDR.Overlaps(m.GlobalCIDR) {
-				d.fail(f["podCIDR"], field+".podCIDR", "%s overlaps the global CIDR %s, which is reserved for the mesh", s.PodCIDR, m.GlobalCIDR)
-			}
-			inside = append(inside, claim{s.PodCIDR, i, field + ".podCIDR", f["podCIDR"]})
-		}
-		for k, p := range s.Prefixes {
-			pf := fmt.Sprintf("%s.prefixes[%d]", field, k)
-			pn := f["prefixes"].Content[k]
-			if m.GlobalCIDR.IsValid() && p.Overlaps(m.GlobalCIDR) {
-				d.fail(pn, pf, "%s overlaps the global CIDR %s; addresses there belong in a block", p, m.GlobalCIDR)
-				continue
-			}
-			routed = append(routed, claim{p, i, pf, pn})
-		}
-	}
-	// Two sites routing overlapping prefixes would make WireGuard's
-	// cryptokey routing ambiguous: refuse, naming both.
-	for i, a := range routed {
-		for _, b := range routed[:i] {
-			if a.p.Overlaps(b.p) {
-				d.fail(a.node, a.field, "%s overlaps %s of %s (%s, line %d)", a.p, b.p, b.field, m.Sites[b.site].Name, b.node.Line)
+			for _, c2 := range s.CIDRs[:k] {
+				if c.Overlaps(c2) {
+					d.Fail(nodes[i]["cidrs"].Content[k], fmt.Sprintf("%s.cidrs[%d]", field, k), "%s overlaps %s of the same site", c, c2)
+				}
 			}
 		}
 	}
-	// A prefix routed into the mesh must not shadow a site's own real CIDR:
-	// that site's gateway would send its own pods' traffic into the tunnel.
-	for _, a := range routed {
-		for _, b := range inside {
-			if a.p.Overlaps(b.p) {
-				d.fail(a.node, a.field, "%s overlaps %s of %s (%s, line %d); a site's real CIDR may not be routed to another site",
-					a.p, b.p, b.field, m.Sites[b.site].Name, b.node.Line)
-			}
-		}
-	}
-}
-
-func join(field, key string) string {
-	if field == "" {
-		return key
-	}
-	return field + "." + key
-}
-
-func kind(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a list"
-	case yaml.ScalarNode:
-		return fmt.Sprintf("%q", n.Value)
-	case yaml.AliasNode:
-		return "an alias"
-	}
-	return "nothing"
-}
-
-// yamlError turns a YAML syntax error ("yaml: line 3: ...") into an Error
-// with the line split out.
-func yamlError(file string, err error) *Error {
-	msg := strings.TrimPrefix(err.Error(), "yaml: ")
-	e := &Error{File: file, Msg: "not valid YAML: " + msg}
-	var line int
-	if _, scanErr := fmt.Sscanf(msg, "line %d:", &line); scanErr == nil {
-		e.Line, e.Column = line, 1
-		e.Msg = "not valid YAML:" + strings.SplitN(msg, ":", 2)[1]
-	}
-	return e
 }

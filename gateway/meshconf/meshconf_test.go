@@ -2,10 +2,14 @@ package meshconf
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/straitnet/strait/gateway/internal/yamlpos"
+	"github.com/straitnet/strait/natpool"
 )
 
 // Keys from `wg genkey | wg pubkey`.
@@ -22,17 +26,18 @@ sites:
     publicKey: ` + keyA + `
     endpoint: 203.0.113.10:51820
     block: 242.0.0.0/16
-    podCIDR: 10.0.0.0/16
+    cidrs: [10.0.0.0/16]
+    routable: true
   - name: cloud-b
     publicKey: ` + keyB + `
     endpoint: gw.cloud-b.example:51821
-    block: 242.1.0.0/16
-    podCIDR: 10.0.0.0/16
+    cidrs: [10.0.0.0/16, 10.96.0.0/12]
     persistentKeepalive: 0s
   - name: branch
     publicKey: ` + keyC + `
     block: 242.3.0.0/16
-    prefixes: [192.168.50.0/24]
+    cidrs: [192.168.50.0/24]
+    routable: true
     listenPort: 40000
 `
 
@@ -41,8 +46,8 @@ func TestParseGood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := m.GlobalCIDR.String(); got != "242.0.0.0/8" {
-		t.Errorf("GlobalCIDR = %s", got)
+	if got := m.GlobalCIDR.String(); got != "242.0.0.0/8" || m.BlockBits != 16 {
+		t.Errorf("GlobalCIDR = %s, block bits %d", got, m.BlockBits)
 	}
 	if len(m.Sites) != 3 {
 		t.Fatalf("%d sites, want 3", len(m.Sites))
@@ -51,29 +56,40 @@ func TestParseGood(t *testing.T) {
 	if !ok {
 		t.Fatal("cloud-a missing")
 	}
-	if a.ListenPort != 51820 || a.PersistentKeepalive != DefaultPersistentKeepalive || !a.Translated() {
+	if a.ListenPort != 51820 || a.PersistentKeepalive != DefaultPersistentKeepalive || !a.Routable || a.BlockDerived {
 		t.Errorf("cloud-a = %+v", a)
 	}
 	if got := a.TunnelAddr().String(); got != "242.0.0.1" {
 		t.Errorf("TunnelAddr = %s, want 242.0.0.1", got)
 	}
 	b, _ := m.Site("cloud-b")
-	if b.ListenPort != 51821 || b.PersistentKeepalive != 0 || b.Endpoint != "gw.cloud-b.example:51821" {
+	if b.ListenPort != 51821 || b.PersistentKeepalive != 0 || b.Endpoint != "gw.cloud-b.example:51821" || b.Routable {
 		t.Errorf("cloud-b = %+v", b)
 	}
-	c, _ := m.Site("branch")
-	if c.Translated() || c.Endpoint != "" || c.ListenPort != 40000 {
-		t.Errorf("branch = %+v", c)
+	derived, _ := natpool.DeriveBlock(m.GlobalCIDR, 16, "cloud-b")
+	if !b.BlockDerived || b.Block != derived {
+		t.Errorf("cloud-b's block %s (derived %v), want %s derived from its name", b.Block, b.BlockDerived, derived)
 	}
-	if got := c.AllowedIPs(); len(got) != 2 || got[0] != netip.MustParsePrefix("242.3.0.0/16") || got[1] != netip.MustParsePrefix("192.168.50.0/24") {
-		t.Errorf("branch AllowedIPs = %v", got)
+	if fmt.Sprint(b.CIDRs) != "[10.0.0.0/16 10.96.0.0/12]" {
+		t.Errorf("cloud-b CIDRs %v", b.CIDRs)
+	}
+	c, _ := m.Site("branch")
+	if c.Endpoint != "" || c.ListenPort != 40000 || c.Line != 15 {
+		t.Errorf("branch = %+v", c)
 	}
 	peers := m.Peers("cloud-b")
 	if len(peers) != 2 || peers[0].Name != "cloud-a" || peers[1].Name != "branch" {
 		t.Errorf("Peers(cloud-b) = %v", peers)
 	}
-	if c.Line != 15 {
-		t.Errorf("branch.Line = %d, want 15", c.Line)
+}
+
+func TestParseBlockSize(t *testing.T) {
+	m, err := Parse("m", []byte("blockSize: /20\nsites:\n  - {name: a, publicKey: "+keyA+"}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.BlockBits != 20 || m.Sites[0].Block.Bits() != 20 {
+		t.Errorf("block bits %d, a's block %s", m.BlockBits, m.Sites[0].Block)
 	}
 }
 
@@ -107,12 +123,15 @@ func TestParseRefuses(t *testing.T) {
 		{"duplicate public key",
 			"sites:\n" + site("a", keyA, "242.0.0.0/16") + site("b", keyA, "242.1.0.0/16"),
 			[]string{"6:16: sites[1].publicKey|same public key as sites[0] (a, line 3)"}},
-		{"overlapping AllowedIPs",
-			"sites:\n" + site("a", keyA, "242.0.0.0/16", "prefixes: [192.168.0.0/16]") + site("b", keyB, "242.1.0.0/16", "prefixes: [192.168.5.0/24]"),
-			[]string{"9:16: sites[1].prefixes[0]|192.168.5.0/24 overlaps 192.168.0.0/16 of sites[0].prefixes[0] (a, line 5)"}},
+		{"two routable sites collide",
+			"sites:\n" + site("a", keyA, "242.0.0.0/16", "cidrs: [10.0.0.0/16]", "routable: true") + site("b", keyB, "242.1.0.0/16", "cidrs: [10.0.128.0/17]", "routable: true"),
+			[]string{"11:15: sites[1].routable|10.0.128.0/17 of b collides with 10.0.0.0/16 of a (sites[0], line 5), which is routable too"}},
 		{"overlapping blocks",
 			"sites:\n" + site("a", keyA, "242.0.0.0/15") + site("b", keyB, "242.1.0.0/16"),
-			[]string{"7:12: sites[1].block|242.1.0.0/16 overlaps 242.0.0.0/15 of sites[0].block (a, line 4)"}},
+			[]string{"7:12: sites[1].block|242.1.0.0/16 overlaps block of a (sites[0], line 4) 242.0.0.0/15: assign one of them a block explicitly"}},
+		{"derived block collides with an assigned one",
+			"sites:\n" + site("a", keyA, "242.56.0.0/16") + "  - name: cloud-a\n    publicKey: " + keyB + "\n",
+			[]string{"5:11: sites[1].block|242.56.0.0/16 (derived from the name) overlaps block of a (sites[0], line 4) 242.56.0.0/16"}},
 		{"endpoint does not parse",
 			"sites:\n" + site("a", keyA, "242.0.0.0/16", "endpoint: 203.0.113.7"),
 			[]string{"5:15: sites[0].endpoint|want host:port"}},
@@ -128,15 +147,18 @@ func TestParseRefuses(t *testing.T) {
 		{"block with host bits",
 			"sites:\n" + site("a", keyA, "242.0.0.1/16"),
 			[]string{"4:12: sites[0].block|has host bits set; the prefix is 242.0.0.0/16"}},
-		{"pod CIDR of another length",
-			"sites:\n" + site("a", keyA, "242.0.0.0/16", "podCIDR: 10.0.0.0/20"),
-			[]string{"5:14: sites[0].podCIDR|prefix lengths differ"}},
-		{"pod CIDR inside the global CIDR",
-			"sites:\n" + site("a", keyA, "242.0.0.0/16", "podCIDR: 242.9.0.0/16"),
-			[]string{"5:14: sites[0].podCIDR|overlaps the global CIDR"}},
-		{"prefix shadows another site's pods",
-			"sites:\n" + site("a", keyA, "242.0.0.0/16", "podCIDR: 10.0.0.0/16") + site("b", keyB, "242.1.0.0/16", "prefixes: [10.0.3.0/24]"),
-			[]string{"9:16: sites[1].prefixes[0]|10.0.3.0/24 overlaps 10.0.0.0/16 of sites[0].podCIDR (a, line 5)"}},
+		{"real CIDR inside the global CIDR",
+			"sites:\n" + site("a", keyA, "242.0.0.0/16", "cidrs: [242.9.0.0/16]"),
+			[]string{"5:13: sites[0].cidrs[0]|overlaps the global CIDR"}},
+		{"real CIDRs overlap each other",
+			"sites:\n" + site("a", keyA, "242.0.0.0/16", "cidrs: [10.0.0.0/8, 10.1.0.0/16]"),
+			[]string{"5:25: sites[0].cidrs[1]|10.1.0.0/16 overlaps 10.0.0.0/8 of the same site"}},
+		{"bad block size",
+			"blockSize: 16\nsites:\n" + site("a", keyA, "242.0.0.0/16"),
+			[]string{"1:12: blockSize|not a prefix length such as /16"}},
+		{"routable not a boolean",
+			"sites:\n" + site("a", keyA, "242.0.0.0/16", "routable: sure"),
+			[]string{"5:15: sites[0].routable|neither true nor false"}},
 		{"bad key",
 			"sites:\n" + site("a", "notakey", "242.0.0.0/16"),
 			[]string{"3:16: sites[0].publicKey|not a WireGuard key"}},
@@ -150,8 +172,8 @@ func TestParseRefuses(t *testing.T) {
 			"sites:\n" + site("a", keyA, "242.0.0.0/16", "block: 242.1.0.0/16"),
 			[]string{"5:5: sites[0].block|set twice (first on line 4)"}},
 		{"missing fields",
-			"sites:\n  - name: a\n",
-			[]string{"2:5: sites[0].publicKey|missing", "2:5: sites[0].block|missing"}},
+			"sites:\n  - block: 242.0.0.0/16\n",
+			[]string{"2:5: sites[0].name|missing", "2:5: sites[0].publicKey|missing"}},
 		{"no sites",
 			"globalCIDR: 242.0.0.0/8\n",
 			[]string{"1:1: sites|missing"}},
@@ -177,7 +199,7 @@ func TestParseRefuses(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := Parse("mesh.yaml", []byte(tt.in))
-			var list ErrorList
+			var list yamlpos.ErrorList
 			if !errors.As(err, &list) {
 				t.Fatalf("Parse accepted it or returned %T %v; want an ErrorList", err, err)
 			}
@@ -238,7 +260,7 @@ func TestKeepaliveDefault(t *testing.T) {
 // accepts satisfies the invariants the gateway relies on.
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(good))
-	f.Add([]byte("sites:\n" + site("a", keyA, "242.0.0.0/16", "prefixes: [192.168.0.0/16]")))
+	f.Add([]byte("sites:\n" + site("a", keyA, "242.0.0.0/16", "cidrs: [192.168.0.0/16]", "routable: true")))
 	f.Add([]byte("sites: [{name: a, block: 242.0.0.0/16, publicKey: " + keyB + "}]"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := Parse("fuzz.yaml", data)
@@ -249,7 +271,6 @@ func FuzzParse(f *testing.F) {
 			return
 		}
 		seen := map[string]bool{}
-		var routed []netip.Prefix
 		for _, s := range m.Sites {
 			if seen[s.Name] {
 				t.Fatalf("duplicate site %q accepted", s.Name)
@@ -258,13 +279,20 @@ func FuzzParse(f *testing.F) {
 			if !m.GlobalCIDR.Contains(s.Block.Addr()) || s.Block.Bits() < m.GlobalCIDR.Bits() {
 				t.Fatalf("block %s outside %s accepted", s.Block, m.GlobalCIDR)
 			}
-			for _, p := range s.AllowedIPs() {
-				for _, q := range routed {
-					if p.Overlaps(q) {
-						t.Fatalf("overlapping AllowedIPs %s and %s accepted", p, q)
+		}
+		// At every gateway, the AllowedIPs of its peers must not overlap:
+		// WireGuard's cryptokey routing needs them apart.
+		for _, v := range m.Sites {
+			var routed []netip.Prefix
+			for _, p := range m.Peers(v.Name) {
+				for _, x := range natpool.RoutedTo(v.Plan(), p.Plan()) {
+					for _, y := range routed {
+						if x.Overlaps(y) {
+							t.Fatalf("at %s, AllowedIPs %s and %s overlap", v.Name, x, y)
+						}
 					}
+					routed = append(routed, x)
 				}
-				routed = append(routed, p)
 			}
 		}
 	})

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+
+	"github.com/straitnet/strait/natpool"
 )
 
 // WGQuick renders the wg-quick(8) configuration with which a plain
@@ -16,9 +18,10 @@ func WGQuick(m *Mesh, site, privateKeyFile string) (string, error) {
 	if !ok {
 		return "", fmt.Errorf("meshconf: site %q is not in the mesh configuration (sites: %s)", site, m.SiteNames())
 	}
-	if s.Translated() {
-		return "", fmt.Errorf("meshconf: site %q translates podCIDR %s into its block %s, which needs a strait gateway; "+
-			"a plain WireGuard host uses its block's addresses directly: drop podCIDR from the site to join it without strait", site, s.PodCIDR, s.Block)
+	if len(s.CIDRs) > 0 && !s.Routable {
+		return "", fmt.Errorf("meshconf: site %q has real CIDRs (%s) that are not routable, so its traffic needs translating, "+
+			"which needs a strait gateway; a plain WireGuard host reaches the mesh from its block's addresses, "+
+			"or routes its CIDRs as they are: set routable: true", site, joinPrefixes(s.CIDRs))
 	}
 	if privateKeyFile == "" {
 		privateKeyFile = "/etc/wireguard/" + site + ".key"
@@ -27,8 +30,8 @@ func WGQuick(m *Mesh, site, privateKeyFile string) (string, error) {
 	fmt.Fprintf(&b, "# wg-quick configuration for site %q of the strait mesh (strait config wg-quick %s).\n", site, site)
 	fmt.Fprintf(&b, "# The private key stays on this host in %s; its public key must be\n", privateKeyFile)
 	fmt.Fprintf(&b, "# the site's publicKey, %s (wg pubkey < %s).\n", s.PublicKey, privateKeyFile)
-	if len(s.Prefixes) > 0 {
-		fmt.Fprintf(&b, "# This host routes %s for the mesh: enable forwarding (sysctl net.ipv4.ip_forward=1).\n", joinPrefixes(s.Prefixes))
+	if len(s.CIDRs) > 0 {
+		fmt.Fprintf(&b, "# This host routes %s for the mesh: enable forwarding (sysctl net.ipv4.ip_forward=1).\n", joinPrefixes(s.CIDRs))
 	}
 	peers := m.Peers(site)
 	// wg-quick brings the device up before PostUp loads the key, so the
@@ -54,7 +57,7 @@ func WGQuick(m *Mesh, site, privateKeyFile string) (string, error) {
 		if p.Endpoint != "" {
 			fmt.Fprintf(&b, "Endpoint = %s\n", p.Endpoint)
 		}
-		fmt.Fprintf(&b, "AllowedIPs = %s\n", joinPrefixes(p.AllowedIPs()))
+		fmt.Fprintf(&b, "AllowedIPs = %s\n", joinPrefixes(natpool.RoutedTo(s.Plan(), p.Plan())))
 	}
 	return b.String(), nil
 }

@@ -1,24 +1,39 @@
 // Package nat programs the gateway's address translation into nftables:
-// one table, "ip strait", replaced in one atomic transaction.
+// one table, "ip strait", whose per-packet cost does not grow with the
+// number of services or pods.
 //
-// This is the walking skeleton's translation: each cluster's real CIDR maps
-// one-to-one onto its block of the global CIDR ("snat/dnat ip prefix to"),
-// in both directions, and conntrack keeps replies on the same translation.
-// TCP SYNs into the tunnel get their MSS clamped to the route's MTU so that
-// pods with a full-size MTU never depend on ICMP to find the tunnel's.
+//   - Ingress: one rule DNATs what arrives through the tunnel by a map
+//     keyed by (global address, protocol, port) to (backend, port); a
+//     second sends ICMP echo requests to a service address to its
+//     backend, so that the address answers ping.
+//   - Egress: two rules SNAT what leaves through the tunnel toward
+//     destinations that need translation, by a map keyed by pod address
+//     (egress rules) and then by an interval map keyed by source prefix
+//     (the site's default).
+//   - TCP SYNs into the tunnel get their MSS clamped to the route's MTU.
+//
+// conntrack keeps replies, and ICMP errors about a flow, on the same
+// translation. A change of services or pods is a change of map elements,
+// applied as a difference in one transaction; the rules are rewritten only
+// when they change (another tunnel name, an upgrade). Verify tells drift
+// (someone flushed the table, edited a rule or an element) from the
+// programmed state.
 package nat
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/straitnet/strait/natpool"
@@ -27,38 +42,406 @@ import (
 // TableName is the nftables table strait owns (family ip).
 const TableName = "strait"
 
-// Rules is the translation a gateway applies.
-type Rules struct {
+// Names of the table's maps and sets, as `nft list table ip strait` shows them.
+const (
+	mapServices   = "services"
+	mapEcho       = "service_echo"
+	mapEgressPods = "egress_by_pod"
+	mapEgressNets = "egress_by_cidr"
+	setTranslated = "translated_destinations"
+)
+
+// Service is one ingress mapping: (Addr, Proto, Port) to (Backend, BackendPort).
+type Service struct {
+	Addr        netip.Addr
+	Proto       uint8
+	Port        uint16
+	Backend     netip.Addr
+	BackendPort uint16
+}
+
+type serviceKey struct {
+	addr  netip.Addr
+	proto uint8
+	port  uint16
+}
+
+type serviceVal struct {
+	addr netip.Addr
+	port uint16
+}
+
+// EgressNet maps a source prefix to the address its traffic leaves as.
+type EgressNet struct {
+	Source netip.Prefix
+	As     netip.Addr
+}
+
+// Program is the translation a gateway applies.
+type Program struct {
 	// Tunnel is the WireGuard device: translation applies only to what
 	// enters or leaves the mesh through it.
 	Tunnel string
-	// Maps translate real prefixes onto global ones: sources on the way
-	// out, destinations on the way in.
-	Maps []natpool.PrefixMap
-	// Keep are global addresses inside a mapped block that belong to the
-	// gateway itself and are not translated.
-	Keep []netip.Addr
+	// Services are the ingress mappings.
+	Services []Service
+	// EgressPods maps single pods to the address they leave as.
+	EgressPods map[netip.Addr]netip.Addr
+	// EgressNets maps source prefixes (the site's real CIDRs) to the
+	// address the rest leaves as. They must not overlap.
+	EgressNets []EgressNet
+	// Translated are the destinations toward which sources are
+	// translated; toward the rest they keep their real addresses.
+	Translated []netip.Prefix
 }
 
-// Table applies Rules to one network namespace.
+// state is a Program indexed for diffing.
+type state struct {
+	tunnel     string
+	services   map[serviceKey]serviceVal
+	echo       map[netip.Addr]netip.Addr
+	egressPods map[netip.Addr]netip.Addr
+	egressNets map[netip.Prefix]netip.Addr
+	translated map[netip.Prefix]bool
+}
+
+func index(p Program) (state, error) {
+	s := state{
+		tunnel:     p.Tunnel,
+		services:   make(map[serviceKey]serviceVal, len(p.Services)),
+		echo:       map[netip.Addr]netip.Addr{},
+		egressPods: maps.Clone(p.EgressPods),
+		egressNets: map[netip.Prefix]netip.Addr{},
+		translated: map[netip.Prefix]bool{},
+	}
+	if s.egressPods == nil {
+		s.egressPods = map[netip.Addr]netip.Addr{}
+	}
+	for _, sv := range p.Services {
+		k := serviceKey{sv.Addr, sv.Proto, sv.Port}
+		if old, dup := s.services[k]; dup && old != (serviceVal{sv.Backend, sv.BackendPort}) {
+			return state{}, fmt.Errorf("nat: %s %d/%d maps to both %s:%d and %s:%d", sv.Addr, sv.Port, sv.Proto, old.addr, old.port, sv.Backend, sv.BackendPort)
+		}
+		s.services[k] = serviceVal{sv.Backend, sv.BackendPort}
+		// An address whose ports lead to several backends answers no
+		// ping: which backend would be a guess.
+		if b, seen := s.echo[sv.Addr]; !seen {
+			s.echo[sv.Addr] = sv.Backend
+		} else if b != sv.Backend {
+			s.echo[sv.Addr] = netip.Addr{}
+		}
+	}
+	maps.DeleteFunc(s.echo, func(_, b netip.Addr) bool { return !b.IsValid() })
+	for _, e := range p.EgressNets {
+		for q := range s.egressNets {
+			if q.Overlaps(e.Source) {
+				return state{}, fmt.Errorf("nat: egress sources %s and %s overlap", q, e.Source)
+			}
+		}
+		s.egressNets[e.Source.Masked()] = e.As
+	}
+	for _, d := range p.Translated {
+		s.translated[d.Masked()] = true
+	}
+	return s, nil
+}
+
+// Table programs the table in one network namespace.
 type Table struct {
 	conn *nftables.Conn
+	// applied is what the kernel holds as far as this Table knows; nil
+	// until the first Sync, and after a failure or detected drift, which
+	// makes the next Sync rewrite the table whole.
+	applied *state
 }
 
 // New returns a Table for the namespace the options name (the current one
 // by default; nftables.WithNetNSFd for another).
 func New(opts ...nftables.ConnOption) (*Table, error) {
-	c, err := nftables.New(opts...)
+	c, err := nftables.New(append(opts, nftables.AsLasting(), nftables.WithSockOptions(bigSendBuffer))...)
 	if err != nil {
 		return nil, fmt.Errorf("nat: nftables: %w", err)
 	}
 	return &Table{conn: c}, nil
 }
 
+// sendBuffer is the socket's send buffer: a transaction is one sendmsg, and
+// the table with 10,000 services and pods is a few hundred kilobytes,
+// beyond the default. nft raises it the same way. Memory is charged only
+// for what a send uses.
+const sendBuffer = 64 << 20
+
+func bigSendBuffer(c *netlink.Conn) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sendBuffer)
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("nat: send buffer: %w", serr)
+	}
+	return nil
+}
+
 // Close releases the netlink socket; the table stays in the kernel.
 func (t *Table) Close() error { return t.conn.CloseLasting() }
 
+// Forget makes the next Sync rewrite the table whole.
+func (t *Table) Forget() { t.applied = nil }
+
+// SyncStats says what a Sync did.
+type SyncStats struct {
+	Full             bool // the table was rewritten whole
+	Added, Removed   int  // elements, when not
+	ServiceElements  int  // services in the map afterwards
+	EgressPodEntries int
+}
+
+// Sync brings the kernel to p: the whole table in one transaction on the
+// first call or after Forget, else only the elements that differ, also in
+// one transaction. Packets see the old state or the new, never a mix;
+// established flows keep their translation, which lives in conntrack.
+func (t *Table) Sync(p Program) (SyncStats, error) {
+	want, err := index(p)
+	if err != nil {
+		return SyncStats{}, err
+	}
+	st := SyncStats{ServiceElements: len(want.services), EgressPodEntries: len(want.egressPods)}
+	if t.applied == nil || t.applied.tunnel != want.tunnel {
+		st.Full = true
+		t.applied = nil
+		if err := t.full(want); err != nil {
+			return st, err
+		}
+	} else {
+		st.Added, st.Removed, err = t.diff(*t.applied, want)
+		if err != nil {
+			t.applied = nil
+			return st, err
+		}
+	}
+	t.applied = &want
+	return st, nil
+}
+
 var table = &nftables.Table{Name: TableName, Family: nftables.TableFamilyIPv4}
+
+// The table's sets, by name.
+func sets() map[string]*nftables.Set {
+	return map[string]*nftables.Set{
+		mapServices: {Table: table, Name: mapServices, IsMap: true, Concatenation: true,
+			KeyType:  nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService),
+			DataType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)},
+		mapEcho:       {Table: table, Name: mapEcho, IsMap: true, KeyType: nftables.TypeIPAddr, DataType: nftables.TypeIPAddr},
+		mapEgressPods: {Table: table, Name: mapEgressPods, IsMap: true, KeyType: nftables.TypeIPAddr, DataType: nftables.TypeIPAddr},
+		mapEgressNets: {Table: table, Name: mapEgressNets, IsMap: true, Interval: true, KeyType: nftables.TypeIPAddr, DataType: nftables.TypeIPAddr},
+		setTranslated: {Table: table, Name: setTranslated, Interval: true, KeyType: nftables.TypeIPAddr},
+	}
+}
+
+// setNames are the table's sets in the order they are listed.
+var setNames = []string{mapServices, mapEcho, mapEgressPods, mapEgressNets, setTranslated}
+
+// full rewrites the table in one transaction.
+func (t *Table) full(s state) error {
+	c := t.conn
+	// Adding before deleting makes the delete succeed whether or not the
+	// table exists; the whole batch commits as one transaction.
+	c.AddTable(table)
+	c.DelTable(table)
+	c.AddTable(table)
+	ss := sets()
+	for _, name := range setNames {
+		if err := c.AddSet(ss[name], nil); err != nil {
+			return fmt.Errorf("nat: set %s: %w", name, err)
+		}
+	}
+	if err := t.addElements(ss, elementsOf(s)); err != nil {
+		return err
+	}
+	chains := map[string]*nftables.Chain{}
+	for _, sp := range chainSpecs {
+		chains[sp.name] = c.AddChain(&nftables.Chain{Name: sp.name, Table: table, Type: sp.typ, Hooknum: sp.hook, Priority: sp.priority})
+	}
+	for _, ru := range rules(s.tunnel, ss) {
+		c.AddRule(&nftables.Rule{Table: table, Chain: chains[ru.chain], Exprs: ru.exprs,
+			UserData: userdata.AppendString(nil, userdata.TypeComment, ru.comment)})
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("nat: write table %s: %w", TableName, err)
+	}
+	return nil
+}
+
+// elements is the content of the sets, by set name.
+type elements map[string][]nftables.SetElement
+
+func elementsOf(s state) elements {
+	e := elements{}
+	for _, k := range slices.SortedFunc(maps.Keys(s.services), cmpServiceKey) {
+		e[mapServices] = append(e[mapServices], serviceElement(k, s.services[k]))
+	}
+	for _, a := range slices.SortedFunc(maps.Keys(s.echo), netip.Addr.Compare) {
+		e[mapEcho] = append(e[mapEcho], nftables.SetElement{Key: a.AsSlice(), Val: s.echo[a].AsSlice()})
+	}
+	for _, a := range slices.SortedFunc(maps.Keys(s.egressPods), netip.Addr.Compare) {
+		e[mapEgressPods] = append(e[mapEgressPods], nftables.SetElement{Key: a.AsSlice(), Val: s.egressPods[a].AsSlice()})
+	}
+	for _, p := range slices.SortedFunc(maps.Keys(s.egressNets), netip.Prefix.Compare) {
+		e[mapEgressNets] = append(e[mapEgressNets], interval(p, s.egressNets[p].AsSlice())...)
+	}
+	for _, p := range slices.SortedFunc(maps.Keys(s.translated), netip.Prefix.Compare) {
+		e[setTranslated] = append(e[setTranslated], interval(p, nil)...)
+	}
+	return e
+}
+
+func cmpServiceKey(a, b serviceKey) int {
+	return cmp.Or(a.addr.Compare(b.addr), cmp.Compare(a.proto, b.proto), cmp.Compare(a.port, b.port))
+}
+
+// serviceElement encodes a concatenation the way nft does: every part
+// padded to a 4-byte register, ports in network order.
+func serviceElement(k serviceKey, v serviceVal) nftables.SetElement {
+	key := make([]byte, 12)
+	copy(key, k.addr.AsSlice())
+	key[4] = k.proto
+	binary.BigEndian.PutUint16(key[8:], k.port)
+	val := make([]byte, 8)
+	copy(val, v.addr.AsSlice())
+	binary.BigEndian.PutUint16(val[4:], v.port)
+	return nftables.SetElement{Key: key, Val: val}
+}
+
+// interval encodes a prefix as an interval set's two elements: its first
+// address, and the address after its last, flagged as the end.
+func interval(p netip.Prefix, val []byte) []nftables.SetElement {
+	start := nftables.SetElement{Key: p.Masked().Addr().AsSlice(), Val: val}
+	end := natpool.LastAddr(p).Next()
+	if !end.IsValid() {
+		return []nftables.SetElement{start} // runs to the end of the space
+	}
+	return []nftables.SetElement{start, {Key: end.AsSlice(), IntervalEnd: true}}
+}
+
+// chunk is how many elements go in one netlink message. A message's
+// element list is one attribute, whose length is 16 bits: past 64 KiB it
+// wraps, and the kernel silently takes only the first elements. Each
+// element costs its key and value plus 32 bytes of attribute headers; all
+// of a Sync's messages still commit as one transaction.
+func chunk(els []nftables.SetElement) int {
+	if len(els) == 0 {
+		return 1
+	}
+	per := len(els[0].Key) + len(els[0].Val) + 32
+	return max(1, 60000/per)
+}
+
+func (t *Table) addElements(ss map[string]*nftables.Set, e elements) error {
+	for _, name := range slices.Sorted(maps.Keys(e)) {
+		els := e[name]
+		n := chunk(els)
+		for i := 0; i < len(els); i += n {
+			if err := t.conn.SetAddElements(ss[name], els[i:min(i+n, len(els))]); err != nil {
+				return fmt.Errorf("nat: add to %s: %w", name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// diff applies the elements that differ between two states in one
+// transaction and returns how many it added and removed.
+func (t *Table) diff(old, want state) (added, removed int, err error) {
+	add, del := elements{}, elements{}
+	for k, v := range want.services {
+		if ov, ok := old.services[k]; !ok || ov != v {
+			if ok {
+				del[mapServices] = append(del[mapServices], serviceElement(k, ov))
+			}
+			add[mapServices] = append(add[mapServices], serviceElement(k, v))
+		}
+	}
+	for k, v := range old.services {
+		if _, ok := want.services[k]; !ok {
+			del[mapServices] = append(del[mapServices], serviceElement(k, v))
+		}
+	}
+	diffAddrs(mapEcho, old.echo, want.echo, add, del)
+	diffAddrs(mapEgressPods, old.egressPods, want.egressPods, add, del)
+	// Intervals: a changed one is removed whole and added whole.
+	for p, v := range want.egressNets {
+		if ov, ok := old.egressNets[p]; !ok || ov != v {
+			if ok {
+				del[mapEgressNets] = append(del[mapEgressNets], interval(p, ov.AsSlice())...)
+			}
+			add[mapEgressNets] = append(add[mapEgressNets], interval(p, v.AsSlice())...)
+		}
+	}
+	for p, v := range old.egressNets {
+		if _, ok := want.egressNets[p]; !ok {
+			del[mapEgressNets] = append(del[mapEgressNets], interval(p, v.AsSlice())...)
+		}
+	}
+	for p := range want.translated {
+		if !old.translated[p] {
+			add[setTranslated] = append(add[setTranslated], interval(p, nil)...)
+		}
+	}
+	for p := range old.translated {
+		if !want.translated[p] {
+			del[setTranslated] = append(del[setTranslated], interval(p, nil)...)
+		}
+	}
+	for _, els := range add {
+		added += len(els)
+	}
+	for _, els := range del {
+		removed += len(els)
+	}
+	if added+removed == 0 {
+		return 0, 0, nil
+	}
+	ss := sets()
+	for _, name := range slices.Sorted(maps.Keys(del)) {
+		els := del[name]
+		n := chunk(els)
+		for i := 0; i < len(els); i += n {
+			if err := t.conn.SetDeleteElements(ss[name], els[i:min(i+n, len(els))]); err != nil {
+				return 0, 0, fmt.Errorf("nat: remove from %s: %w", name, err)
+			}
+		}
+	}
+	if err := t.addElements(ss, add); err != nil {
+		return 0, 0, err
+	}
+	if err := t.conn.Flush(); err != nil {
+		return 0, 0, fmt.Errorf("nat: update table %s: %w", TableName, err)
+	}
+	return added, removed, nil
+}
+
+// diffAddrs adds to add and del what turns map old into map want, for a
+// map of addresses to addresses.
+func diffAddrs(name string, old, want map[netip.Addr]netip.Addr, add, del elements) {
+	for a, v := range want {
+		if ov, ok := old[a]; !ok || ov != v {
+			if ok {
+				del[name] = append(del[name], nftables.SetElement{Key: a.AsSlice(), Val: ov.AsSlice()})
+			}
+			add[name] = append(add[name], nftables.SetElement{Key: a.AsSlice(), Val: v.AsSlice()})
+		}
+	}
+	for a, v := range old {
+		if _, ok := want[a]; !ok {
+			del[name] = append(del[name], nftables.SetElement{Key: a.AsSlice(), Val: v.AsSlice()})
+		}
+	}
+}
 
 // chainSpec describes a base chain of the table.
 type chainSpec struct {
@@ -74,49 +457,73 @@ var chainSpecs = []chainSpec{
 	{"forward", nftables.ChainTypeFilter, nftables.ChainHookForward, nftables.ChainPriorityMangle},
 }
 
-// rule is one rule of the program with the comment that names it.
+// matches reports whether a chain read from the kernel is this spec.
+func (s chainSpec) matches(ch *nftables.Chain) bool {
+	return ch.Type == s.typ &&
+		ch.Hooknum != nil && *ch.Hooknum == *s.hook &&
+		ch.Priority != nil && *ch.Priority == *s.priority &&
+		(ch.Policy == nil || *ch.Policy == nftables.ChainPolicyAccept)
+}
+
+// rule is one rule of the table with the comment that names it.
 type rule struct {
 	chain   string
 	comment string
 	exprs   []expr.Any
 }
 
-// programVersion changes whenever program compiles the same Rules into
-// different rules, so that a gateway upgraded in place replaces the table a
-// previous version left.
-const programVersion = 1
+// programVersion changes whenever rules compiles to different rules, so
+// that a gateway upgraded in place rewrites the table an older one left.
+const programVersion = 3
 
-// program compiles Rules into the table's rules, chain by chain in order.
-// Each rule's comment says what it does and ends with a digest of the whole
-// rule, by which InSync recognises it.
-func program(r Rules) []rule {
-	var out []rule
-	for _, m := range r.Maps {
-		exprs := slices.Concat(
-			matchIfname(expr.MetaKeyIIFNAME, r.Tunnel),
-			matchPrefix(offDaddr, m.Global),
-		)
-		desc := fmt.Sprintf("in: %s to %s", m.Global, m.Real)
-		for _, k := range r.Keep {
-			if m.Global.Contains(k) {
-				exprs = append(exprs, notAddr(offDaddr, k)...)
-				desc += fmt.Sprintf(", not %s", k)
-			}
-		}
-		out = append(out, rule{chain: "prerouting", comment: desc,
-			exprs: append(exprs, natPrefix(expr.NATTypeDestNAT, m.Real)...)})
-	}
-	for _, m := range r.Maps {
-		out = append(out, rule{chain: "postrouting", comment: fmt.Sprintf("out: %s as %s", m.Real, m.Global),
+// rules are the table's rules. Each rule's comment says what it does and
+// ends with a digest of the whole rule, by which Verify recognises it.
+func rules(tunnel string, ss map[string]*nftables.Set) []rule {
+	out := []rule{
+		{chain: "prerouting", comment: "services: global address, protocol, port to backend",
 			exprs: slices.Concat(
-				matchIfname(expr.MetaKeyOIFNAME, r.Tunnel),
-				matchPrefix(offSaddr, m.Real),
-				natPrefix(expr.NATTypeSourceNAT, m.Global),
-			)})
+				matchIfname(expr.MetaKeyIIFNAME, tunnel),
+				[]expr.Any{
+					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offDaddr, Len: 4},
+					&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 9},
+					&expr.Payload{DestRegister: 10, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+					&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: mapServices},
+					&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegAddrMax: 1, RegProtoMin: 9, RegProtoMax: 9, Specified: true},
+				})},
+		{chain: "prerouting", comment: "ping: a service address answers from its backend",
+			exprs: slices.Concat(
+				matchIfname(expr.MetaKeyIIFNAME, tunnel),
+				[]expr.Any{
+					&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_ICMP}},
+					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{8}}, // echo request
+					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offDaddr, Len: 4},
+					&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: mapEcho},
+					&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegAddrMax: 1},
+				})},
+	}
+	for _, m := range []struct{ set, what string }{{mapEgressPods, "pods"}, {mapEgressNets, "sources"}} {
+		out = append(out, rule{chain: "postrouting", comment: "egress: " + m.what + " to the address they leave as",
+			exprs: slices.Concat(
+				matchIfname(expr.MetaKeyOIFNAME, tunnel),
+				[]expr.Any{
+					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offDaddr, Len: 4},
+					&expr.Lookup{SourceRegister: 1, SetName: setTranslated},
+					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offSaddr, Len: 4},
+					&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: m.set},
+					&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegAddrMax: 1},
+				})})
 	}
 	out = append(out, rule{chain: "forward", comment: "clamp TCP MSS to the tunnel MTU",
-		exprs: append(matchIfname(expr.MetaKeyOIFNAME, r.Tunnel), clampMSS()...)})
+		exprs: append(matchIfname(expr.MetaKeyOIFNAME, tunnel), clampMSS()...)})
 	for i := range out {
+		// Lookups name their set; the set's ID is filled at marshal time.
+		for _, e := range out[i].exprs {
+			if l, ok := e.(*expr.Lookup); ok {
+				l.SetID = ss[l.SetName].ID
+			}
+		}
 		out[i].comment += " #" + digest(out[i])
 	}
 	return out
@@ -127,64 +534,50 @@ func digest(ru rule) string {
 	h := sha256.New()
 	fmt.Fprintf(h, "v%d %s", programVersion, ru.chain)
 	for _, e := range ru.exprs {
+		if l, ok := e.(*expr.Lookup); ok {
+			c := *l
+			c.SetID = 0 // differs from run to run
+			e = &c
+		}
 		fmt.Fprintf(h, " %T%+v", e, e)
 	}
 	return hex.EncodeToString(h.Sum(nil))[:8]
 }
 
-// Apply replaces the table with the program for r, atomically: packets see
-// either the old rules or the new ones, never none. Established flows keep
-// their translation, which lives in conntrack, not in the rules.
-func (t *Table) Apply(r Rules) error {
-	c := t.conn
-	// Adding before deleting makes the delete succeed whether or not the
-	// table exists; the whole batch commits as one transaction.
-	c.AddTable(table)
-	c.DelTable(table)
-	c.AddTable(table)
-	chains := map[string]*nftables.Chain{}
-	for _, s := range chainSpecs {
-		chains[s.name] = c.AddChain(&nftables.Chain{
-			Name: s.name, Table: table, Type: s.typ, Hooknum: s.hook, Priority: s.priority,
-		})
+// Verify reports whether the kernel still holds what the last Sync wrote:
+// the base chains (type, hook, priority, policy), the rules in order
+// (recognised by the digests in their comments), and every element of
+// every map and set. If not, it forgets the applied state, so that the
+// next Sync rewrites the table whole. Without a Sync yet it reports false.
+func (t *Table) Verify() (bool, error) {
+	if t.applied == nil {
+		return false, nil
 	}
-	for _, ru := range program(r) {
-		c.AddRule(&nftables.Rule{
-			Table:    table,
-			Chain:    chains[ru.chain],
-			Exprs:    ru.exprs,
-			UserData: userdata.AppendString(nil, userdata.TypeComment, ru.comment),
-		})
+	ok, err := t.verify(*t.applied)
+	if err != nil || !ok {
+		t.applied = nil
 	}
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("nat: apply table %s: %w", TableName, err)
-	}
-	return nil
+	return ok, err
 }
 
-// InSync reports whether the kernel still holds the program for r: the
-// same base chains (type, hook, priority, policy) and in each the same
-// rules in the same order, recognised by the digest in their comments.
-// Someone flushing or deleting the table, adding, deleting or reordering
-// rules or chains, or changing a chain's policy makes it false; so does a
-// table an older program or another tunnel name left.
-func (t *Table) InSync(r Rules) (bool, error) {
+func (t *Table) verify(s state) (bool, error) {
 	chains, err := t.conn.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
 	if err != nil {
 		return false, fmt.Errorf("nat: list chains: %w", err)
 	}
-	want := program(r)
+	ss := sets()
+	want := rules(s.tunnel, ss)
 	found := 0
 	for _, ch := range chains {
 		if ch.Table.Name != TableName {
 			continue
 		}
 		found++
-		i := slices.IndexFunc(chainSpecs, func(s chainSpec) bool { return s.name == ch.Name })
+		i := slices.IndexFunc(chainSpecs, func(sp chainSpec) bool { return sp.name == ch.Name })
 		if i < 0 || !chainSpecs[i].matches(ch) {
 			return false, nil
 		}
-		rules, err := t.conn.GetRules(table, ch)
+		got, err := t.conn.GetRules(table, ch)
 		if err != nil {
 			return false, fmt.Errorf("nat: list rules of %s: %w", ch.Name, err)
 		}
@@ -194,28 +587,72 @@ func (t *Table) InSync(r Rules) (bool, error) {
 				expect = append(expect, w.comment)
 			}
 		}
-		if len(rules) != len(expect) {
+		if len(got) != len(expect) {
 			return false, nil
 		}
-		for i, got := range rules {
-			if comment, _ := userdata.GetString(got.UserData, userdata.TypeComment); comment != expect[i] {
+		for i, r := range got {
+			if comment, _ := userdata.GetString(r.UserData, userdata.TypeComment); comment != expect[i] {
 				return false, nil
 			}
 		}
 	}
-	return found == len(chainSpecs), nil
+	if found != len(chainSpecs) {
+		return false, nil
+	}
+	// Elements: compare as sets of encoded (key, value, end) triples.
+	for name, els := range elementsOf(s) {
+		got, err := t.conn.GetSetElements(ss[name])
+		if err != nil {
+			return false, nil // the set is gone
+		}
+		if !sameElements(got, els) {
+			return false, nil
+		}
+	}
+	for _, name := range setNames {
+		if _, has := elementsOf(s)[name]; !has {
+			got, err := t.conn.GetSetElements(ss[name])
+			if err != nil || len(realElements(got)) != 0 {
+				return false, nil
+			}
+		}
+	}
+	return true, nil
 }
 
-// matches reports whether a chain read from the kernel is this spec.
-func (s chainSpec) matches(ch *nftables.Chain) bool {
-	return ch.Type == s.typ &&
-		ch.Hooknum != nil && *ch.Hooknum == *s.hook &&
-		ch.Priority != nil && *ch.Priority == *s.priority &&
-		(ch.Policy == nil || *ch.Policy == nftables.ChainPolicyAccept)
+// realElements drops the zero end marker nft puts in front of interval
+// sets; this package never writes one, but a repair by `nft -f` may.
+func realElements(els []nftables.SetElement) []nftables.SetElement {
+	return slices.DeleteFunc(slices.Clone(els), func(e nftables.SetElement) bool {
+		return e.IntervalEnd && binary.BigEndian.Uint32(append(make([]byte, 0, 4), e.Key...)) == 0
+	})
+}
+
+func sameElements(got, want []nftables.SetElement) bool {
+	got = realElements(got)
+	if len(got) != len(want) {
+		return false
+	}
+	key := func(e nftables.SetElement) string {
+		return fmt.Sprintf("%x/%x/%v", e.Key, e.Val, e.IntervalEnd)
+	}
+	seen := make(map[string]int, len(want))
+	for _, e := range want {
+		seen[key(e)]++
+	}
+	for _, e := range got {
+		k := key(e)
+		if seen[k] == 0 {
+			return false
+		}
+		seen[k]--
+	}
+	return true
 }
 
 // Remove deletes the table, if it exists.
 func (t *Table) Remove() error {
+	t.applied = nil
 	t.conn.AddTable(table)
 	t.conn.DelTable(table)
 	if err := t.conn.Flush(); err != nil {
@@ -231,58 +668,11 @@ const (
 )
 
 func matchIfname(key expr.MetaKey, name string) []expr.Any {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, name)
 	return []expr.Any{
 		&expr.Meta{Key: key, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(name)},
-	}
-}
-
-// ifname pads an interface name the way the kernel compares it.
-func ifname(n string) []byte {
-	b := make([]byte, unix.IFNAMSIZ)
-	copy(b, n)
-	return b
-}
-
-// matchPrefix matches an address field against a prefix, encoded the way
-// nft itself encodes it (whole bytes compared directly, else the full
-// address masked), so that `nft list` prints "ip daddr 242.0.0.0/16".
-func matchPrefix(offset uint32, p netip.Prefix) []expr.Any {
-	if p.Bits() == 0 {
-		return nil // matches every address
-	}
-	a := p.Masked().Addr().As4()
-	if p.Bits()%8 == 0 {
-		n := uint32(p.Bits() / 8)
-		return []expr.Any{
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: n},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: a[:n]},
-		}
-	}
-	var mask [4]byte
-	binary.BigEndian.PutUint32(mask[:], ^uint32(0)<<(32-p.Bits()))
-	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask[:], Xor: make([]byte, 4)},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: a[:]},
-	}
-}
-
-func notAddr(offset uint32, a netip.Addr) []expr.Any {
-	b := a.As4()
-	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: b[:]},
-	}
-}
-
-// natPrefix translates the address onto prefix to, keeping the host part.
-func natPrefix(typ expr.NATType, to netip.Prefix) []expr.Any {
-	lo, hi := to.Addr().As4(), natpool.LastAddr(to).As4()
-	return []expr.Any{
-		&expr.Immediate{Register: 1, Data: lo[:]},
-		&expr.Immediate{Register: 2, Data: hi[:]},
-		&expr.NAT{Type: typ, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegAddrMax: 2, Prefix: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: b},
 	}
 }
 

@@ -1,0 +1,114 @@
+package siteconf
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/straitnet/strait/gateway/internal/yamlpos"
+	"github.com/straitnet/strait/natpool"
+)
+
+const good = `
+pools:
+  - {name: ingress, kind: ingress, cidr: 242.1.128.0/17}
+  - {name: egress, kind: egress, cidr: 242.1.1.0/24}
+  - {name: pci, kind: egress, cidr: 242.1.2.0/28}
+holdDown: 2m
+services:
+  - namespace: default
+    name: web
+    backend: 10.0.1.10
+    ports:
+      - {port: 80, targetPort: 7777}
+      - {port: 53, protocol: udp, targetPort: 5353}
+  - {namespace: shop, name: db, backend: 10.96.0.12, pool: ingress, ports: [{port: 5432}]}
+egress:
+  pool: egress
+  rules:
+    - {name: payments, namespace: payments, podSelector: {app: api}, pool: pci}
+pods:
+  - {namespace: payments, name: api-1, ip: 10.0.2.10, labels: {app: api}}
+`
+
+var (
+	block = netip.MustParsePrefix("242.1.0.0/16")
+	cidrs = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16"), netip.MustParsePrefix("10.96.0.0/12")}
+	keep  = []netip.Addr{netip.MustParseAddr("242.1.0.1")}
+)
+
+func TestParseGood(t *testing.T) {
+	c, err := Parse("site.yaml", []byte(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Check("cloud-b", block, cidrs, keep); err != nil {
+		t.Fatal(err)
+	}
+	if c.HoldDown != 2*time.Minute || len(c.EffectivePools(block)) != 3 {
+		t.Errorf("hold-down %s, pools %v", c.HoldDown, c.EffectivePools(block))
+	}
+	web := c.Services[0]
+	if web.Pool != "ingress" || len(web.Ports) != 2 || web.Ports[0] != (Port{6, 80, 7777}) || web.Ports[1] != (Port{17, 53, 5353}) {
+		t.Errorf("web = %+v", web)
+	}
+	if db := c.Services[1]; db.Ports[0] != (Port{6, 5432, 5432}) {
+		t.Errorf("db = %+v", db)
+	}
+	r := c.Rules()
+	if len(r) != 1 || r[0].Pool != "pci" || r[0].Selector["app"] != "api" {
+		t.Errorf("rules %+v", r)
+	}
+	if len(c.Pods) != 1 || c.Pods[0].Labels["app"] != "api" {
+		t.Errorf("pods %+v", c.Pods)
+	}
+}
+
+func TestEmptyUsesDefaultPools(t *testing.T) {
+	c := Empty()
+	if err := c.Check("x", block, cidrs, keep); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.EffectivePools(block); len(got) != 2 || got[0].Name != natpool.DefaultEgressPool {
+		t.Errorf("pools %v", got)
+	}
+}
+
+func TestRefuses(t *testing.T) {
+	tests := []struct {
+		name, in, want string
+	}{
+		{"pool outside the block", "pools: [{name: in, kind: ingress, cidr: 242.2.0.0/24}]", `site.yaml:1:9: pools[0]: 242.2.0.0/24 is outside the site's block 242.1.0.0/16`},
+		{"pool overlaps another", "pools: [{name: a, kind: ingress, cidr: 242.1.128.0/24}, {name: b, kind: egress, cidr: 242.1.128.0/25}]", `pools[1]: 242.1.128.0/25 overlaps pool "a"`},
+		{"pool holds the gateway", "pools: [{name: a, kind: ingress, cidr: 242.1.0.0/24}]", `holds the gateway's own address 242.1.0.1`},
+		{"unknown kind", "pools: [{name: a, kind: snat, cidr: 242.1.0.0/24}]", `pools[0].kind: "snat" is neither ingress nor egress`},
+		{"service names a missing pool", "services: [{namespace: d, name: w, backend: 10.0.1.1, pool: nope, ports: [{port: 80}]}]", `services[0].pool: pool "nope" does not exist (pools: egress, ingress)`},
+		{"service names an egress pool", "services: [{namespace: d, name: w, backend: 10.0.1.1, pool: egress, ports: [{port: 80}]}]", `pool "egress" is an egress pool; this needs an ingress pool`},
+		{"backend outside the site", "services: [{namespace: d, name: w, backend: 10.9.1.1, ports: [{port: 80}]}]", `services[0].backend: 10.9.1.1 is not in cloud-b's real CIDRs (10.0.0.0/16, 10.96.0.0/12)`},
+		{"port twice", "services: [{namespace: d, name: w, backend: 10.0.1.1, ports: [{port: 80}, {port: 80, protocol: TCP}]}]", `TCP port 80 is listed twice`},
+		{"bad protocol", "services: [{namespace: d, name: w, backend: 10.0.1.1, ports: [{port: 80, protocol: ICMP}]}]", `"ICMP": want TCP or UDP`},
+		{"bad port", "services: [{namespace: d, name: w, backend: 10.0.1.1, ports: [{port: 70000}]}]", `"70000" is not a port`},
+		{"no ports", "services: [{namespace: d, name: w, backend: 10.0.1.1, ports: []}]", `exports at least one port`},
+		{"service twice", "services: [{namespace: d, name: w, backend: 10.0.1.1, ports: [{port: 1}]}, {namespace: d, name: w, backend: 10.0.1.2, ports: [{port: 1}]}]", `service d/w is exported twice`},
+		{"rule selects everything", "egress: {rules: [{name: all}]}", `selects every pod`},
+		{"rule names a missing pool", "egress: {rules: [{name: r, namespace: x, pool: nope}]}", `egress.rules[0].pool: pool "nope" does not exist`},
+		{"egress default an ingress pool", "egress: {pool: ingress}", `egress.pool: pool "ingress" is an ingress pool`},
+		{"pod outside the site", "pods: [{namespace: a, name: b, ip: 192.168.1.1}]", `pods[0].ip: 192.168.1.1 is not in cloud-b's real CIDRs`},
+		{"unknown field", "service: []", `unknown field (known fields: pools, holdDown, services, egress, pods)`},
+		{"bad hold-down", "holdDown: forever", `"forever" is not a duration`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse("site.yaml", []byte(tt.in))
+			if err == nil {
+				err = c.Check("cloud-b", block, cidrs, keep)
+			}
+			var list yamlpos.ErrorList
+			if !errors.As(err, &list) || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("got %v\nwant an error list saying %q", err, tt.want)
+			}
+		})
+	}
+}

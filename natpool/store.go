@@ -1,0 +1,181 @@
+package natpool
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Store keeps a site's allocations across restarts.
+type Store interface {
+	// Load returns the saved state, an empty one on a first start, or an
+	// error if what is saved cannot be trusted.
+	Load() (State, error)
+	// Save replaces the saved state, durably, before it returns.
+	Save(State) error
+	// Where names the store in messages.
+	Where() string
+}
+
+// FileStore keeps allocations in a JSON file, for sites without Kubernetes.
+//
+// A write goes to a temporary file, is fsynced and renamed over the file,
+// and the directory fsynced, so that a crash leaves the old or the new
+// state, never half of one; the previous good copy stays beside it as
+// FILE.prev. The file carries a checksum of its content. A file that is
+// truncated, corrupt, or checksums wrong stops the load, and so does a
+// missing file next to a .prev: re-allocating would move addresses under
+// live traffic.
+type FileStore struct {
+	Path string
+	// Site is written into the file and checked on load, so a state file
+	// copied from another site is refused.
+	Site string
+	Now  func() time.Time
+}
+
+var _ Store = (*FileStore)(nil)
+
+// fileVersion is the format of the file.
+const fileVersion = 1
+
+type stateFile struct {
+	Version  int       `json:"version"`
+	Site     string    `json:"site"`
+	Written  time.Time `json:"written"`
+	State    State     `json:"state"`
+	Checksum string    `json:"checksum"`
+}
+
+func checksum(site string, st State) (string, error) {
+	b, err := json.Marshal(struct {
+		Site  string `json:"site"`
+		State State  `json:"state"`
+	}{site, st})
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:]), nil
+}
+
+// Where is the file's path.
+func (s *FileStore) Where() string { return s.Path }
+
+func (s *FileStore) prev() string { return s.Path + ".prev" }
+
+// Load reads the state file.
+func (s *FileStore) Load() (State, error) {
+	data, err := os.ReadFile(s.Path)
+	if errors.Is(err, fs.ErrNotExist) {
+		if _, perr := os.Stat(s.prev()); perr == nil {
+			return State{}, fmt.Errorf("natpool: %s is missing but its previous copy %s exists: refusing to start with no allocations, "+
+				"which would hand out addresses again under live traffic; restore %s as %s, or remove both to start anew",
+				s.Path, s.prev(), s.prev(), s.Path)
+		}
+		return State{}, nil // first start
+	}
+	if err != nil {
+		return State{}, fmt.Errorf("natpool: %w", err)
+	}
+	st, err := s.decode(data)
+	if err != nil {
+		hint := ""
+		if prev, perr := os.ReadFile(s.prev()); perr == nil {
+			if pst, derr := s.decode(prev); derr == nil {
+				hint = fmt.Sprintf("; the previous good copy %s holds %d allocations", s.prev(), len(pst.Allocations))
+			}
+		}
+		return State{}, fmt.Errorf("natpool: allocation state %s cannot be trusted: %w; refusing to start rather than re-allocate addresses under live traffic (the file is left as it is%s)", s.Path, err, hint)
+	}
+	return st, nil
+}
+
+func (s *FileStore) decode(data []byte) (State, error) {
+	var f stateFile
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil {
+		return State{}, fmt.Errorf("not valid (%v)", err)
+	}
+	if f.Version != fileVersion {
+		return State{}, fmt.Errorf("format version %d, this gateway reads %d", f.Version, fileVersion)
+	}
+	if s.Site != "" && f.Site != s.Site {
+		return State{}, fmt.Errorf("it belongs to site %q, not %q", f.Site, s.Site)
+	}
+	want, err := checksum(f.Site, f.State)
+	if err != nil {
+		return State{}, err
+	}
+	if want != f.Checksum {
+		return State{}, errors.New("checksum mismatch (edited or damaged)")
+	}
+	return f.State, nil
+}
+
+// Save writes the state durably; the file it replaces becomes FILE.prev.
+func (s *FileStore) Save(st State) (err error) {
+	now := time.Now
+	if s.Now != nil {
+		now = s.Now
+	}
+	sum, err := checksum(s.Site, st)
+	if err != nil {
+		return fmt.Errorf("natpool: %w", err)
+	}
+	data, err := json.MarshalIndent(stateFile{Version: fileVersion, Site: s.Site, Written: now().UTC(), State: st, Checksum: sum}, "", "  ")
+	if err != nil {
+		return fmt.Errorf("natpool: %w", err)
+	}
+	dir := filepath.Dir(s.Path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("natpool: %w", err)
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(s.Path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("natpool: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if _, err := tmp.Write(append(data, '\n')); err != nil {
+		return fmt.Errorf("natpool: write %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("natpool: sync %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("natpool: %w", err)
+	}
+	// Keep the current file, known good (it loaded or was written by us),
+	// as the previous copy.
+	if _, err := os.Stat(s.Path); err == nil {
+		os.Remove(s.prev())
+		if err := os.Link(s.Path, s.prev()); err != nil {
+			return fmt.Errorf("natpool: keep previous copy: %w", err)
+		}
+	}
+	if err := os.Rename(tmp.Name(), s.Path); err != nil {
+		return fmt.Errorf("natpool: %w", err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("natpool: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("natpool: sync %s: %w", dir, err)
+	}
+	return nil
+}
