@@ -297,6 +297,10 @@ func (l *Lab) spawn(h Host, what, logPath, bin string, args ...string) error {
 		return fmt.Errorf("lab: start %s in %s: %w", what, h.Name, err)
 	}
 	go cmd.Wait() // reap it if it exits while this process lives
+	// Forget earlier processes of the kind that are gone (a start that failed).
+	l.Procs = slices.DeleteFunc(l.Procs, func(p Proc) bool {
+		return p.Host == h.Name && p.What == what && !netns.Alive(p.Pid)
+	})
 	l.Procs = append(l.Procs, Proc{Host: h.Name, What: what, Pid: cmd.Process.Pid, Log: logPath})
 	return nil
 }
@@ -327,10 +331,10 @@ func (l *Lab) stop(host, what string) error {
 	return errors.Join(append(errs, l.save())...)
 }
 
-// pidOf returns the process of one kind in a host, or 0.
+// pidOf returns the latest process of one kind in a host, or 0.
 func (l *Lab) pidOf(host, what string) int {
-	for _, p := range l.Procs {
-		if p.Host == host && p.What == what {
+	for i := len(l.Procs) - 1; i >= 0; i-- {
+		if p := l.Procs[i]; p.Host == host && p.What == what {
 			return p.Pid
 		}
 	}
