@@ -112,3 +112,38 @@ func TestRefuses(t *testing.T) {
 		})
 	}
 }
+
+// FuzzParse checks that no input panics the parser, and that what it
+// accepts and Check passes keeps the invariants the gateway relies on.
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(good))
+	f.Add([]byte("pools: [{name: a, kind: ingress, cidr: 242.1.0.0/24}]\nservices: [{namespace: d, name: w, backend: 10.0.1.1, ports: [{port: 1}]}]"))
+	f.Add([]byte("egress: {rules: [{name: r, podSelector: {a: b}}]}"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse("fuzz.yaml", data)
+		if err != nil {
+			return
+		}
+		if c.Check("x", block, cidrs, keep) != nil {
+			return
+		}
+		pools := c.EffectivePools(block)
+		for i, p := range pools {
+			if !block.Contains(p.CIDR.Addr()) || p.CIDR.Bits() < block.Bits() {
+				t.Fatalf("pool %s outside the block accepted", p.CIDR)
+			}
+			for _, q := range pools[:i] {
+				if p.CIDR.Overlaps(q.CIDR) {
+					t.Fatalf("overlapping pools %s, %s accepted", p.CIDR, q.CIDR)
+				}
+			}
+		}
+		seen := map[string]bool{}
+		for _, s := range c.Services {
+			if seen[s.Namespace+"/"+s.Name] || len(s.Ports) == 0 {
+				t.Fatalf("service %s/%s accepted twice or without ports", s.Namespace, s.Name)
+			}
+			seen[s.Namespace+"/"+s.Name] = true
+		}
+	})
+}
