@@ -12,9 +12,9 @@ LDFLAGS := -X main.version=$(VERSION)
 
 # Debian packages the lab and the tests use, and a command of each.
 DEB_PACKAGES := iproute2:ip nftables:nft wireguard-tools:wg wireguard-go:wireguard-go \
-	iperf3:iperf3 iputils-ping:ping conntrack:conntrack tcpdump:tcpdump
+	iperf3:iperf3 iputils-ping:ping conntrack:conntrack tcpdump:tcpdump etcd-server:etcd
 
-.PHONY: all build deps demo test check unit e2e bench fuzz clean
+.PHONY: all build deps demo test check kube-apiserver bench fuzz clean
 
 all: build
 
@@ -60,8 +60,13 @@ demo: deps build
 	@echo "Tear it down with: $(BIN)/strait lab down"
 
 ## test: everything; root-only tests fail rather than skip under CI=true
-test: deps build check
+test: deps build check kube-apiserver
 	$(GO) test -race -timeout 20m ./...
+
+## kube-apiserver: the tests' API server, built from k8s.io/kubernetes at the version
+## e2e/kube/apiserver pins, once (minutes the first time), then cached
+kube-apiserver: build
+	@echo "kube-apiserver for the tests: $$($(BIN)/strait lab kube-apiserver)"
 
 ## check: formatting, vet, go.mod tidiness
 check:

@@ -61,6 +61,9 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// Store keeps the allocations; default a natpool.FileStore of
+	// AllocationsName in StateDir.
+	Store natpool.Store
 }
 
 // DefaultStateDir is where a gateway keeps its key, allocations and socket.
@@ -200,7 +203,10 @@ func Start(ctx context.Context, opts Options) (*Gateway, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway: configuration refused:\n%w", err)
 	}
-	store := &natpool.FileStore{Path: filepath.Join(opts.StateDir, AllocationsName), Site: opts.Site, Now: opts.Now}
+	store := opts.Store
+	if store == nil {
+		store = &natpool.FileStore{Path: filepath.Join(opts.StateDir, AllocationsName), Site: opts.Site, Now: opts.Now}
+	}
 	eng, err := tunnel.Open(tunnel.Options{
 		Interface: opts.Interface, Mode: opts.WireGuard, WireGuardGo: opts.WireGuardGo, Logger: opts.Logger,
 	})

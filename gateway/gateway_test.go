@@ -13,10 +13,14 @@ import (
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/straitnet/strait/e2e/kube/kubetest"
 	"github.com/straitnet/strait/gateway/nat"
 	"github.com/straitnet/strait/gateway/tunnel"
 	"github.com/straitnet/strait/natpool"
+	"github.com/straitnet/strait/natpool/kubestore"
 )
 
 // fakeEngine stands in for the tunnel engine: it records what was applied
@@ -295,5 +299,53 @@ func TestReconcileRepairsNATDrift(t *testing.T) {
 	tb.g.reconcile(tb.ctx)
 	if st := tb.g.Status(); st.NAT.Drifts != 1 || tb.tab.drifted {
 		t.Errorf("drifts %d, still drifted %v", st.NAT.Drifts, tb.tab.drifted)
+	}
+}
+
+// TestKubernetesStore runs the gateway's allocation on a real API server:
+// a restart comes back with the same addresses, and a damaged object stops
+// the start.
+func TestKubernetesStore(t *testing.T) {
+	srv := kubetest.Start(t)
+	c, err := srv.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "strait-system"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	tb := newTestbed(t) // for its files and keys
+	start := func() (*Gateway, error) {
+		want, h, err := readConfig(tb.g.opts, tb.k[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := newGateway(tb.g.opts, tb.g.log, tb.k[1], &fakeEngine{}, &fakeNAT{},
+			&kubestore.Store{Client: c, Namespace: "strait-system", Site: "cloud-b"})
+		return g, g.start(ctx, want, h)
+	}
+	g1, err := start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := fmt.Sprint(g1.Status().Allocations)
+	g2, err := start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after := fmt.Sprint(g2.Status().Allocations); after != before || !strings.Contains(after, "ingress/default/web") {
+		t.Errorf("after a restart:\n%s\nbefore:\n%s", after, before)
+	}
+	cm, err := c.CoreV1().ConfigMaps("strait-system").Get(ctx, "strait-allocations-cloud-b", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm.Data[kubestore.KeyState] = "{"
+	if _, err := c.CoreV1().ConfigMaps("strait-system").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := start(); err == nil || !strings.Contains(err.Error(), "configmap strait-system/strait-allocations-cloud-b cannot be trusted") {
+		t.Errorf("start on a damaged object: %v", err)
 	}
 }

@@ -98,7 +98,11 @@ func (s *FileStore) Load() (State, error) {
 	return st, nil
 }
 
-func (s *FileStore) decode(data []byte) (State, error) {
+func (s *FileStore) decode(data []byte) (State, error) { return DecodeState(s.Site, data) }
+
+// DecodeState reads a state as FileStore writes it, checking its format
+// version, that it belongs to site (if given), and its checksum.
+func DecodeState(site string, data []byte) (State, error) {
 	var f stateFile
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
@@ -108,8 +112,8 @@ func (s *FileStore) decode(data []byte) (State, error) {
 	if f.Version != fileVersion {
 		return State{}, fmt.Errorf("format version %d, this gateway reads %d", f.Version, fileVersion)
 	}
-	if s.Site != "" && f.Site != s.Site {
-		return State{}, fmt.Errorf("it belongs to site %q, not %q", f.Site, s.Site)
+	if site != "" && f.Site != site {
+		return State{}, fmt.Errorf("it belongs to site %q, not %q", f.Site, site)
 	}
 	want, err := checksum(f.Site, f.State)
 	if err != nil {
@@ -121,19 +125,28 @@ func (s *FileStore) decode(data []byte) (State, error) {
 	return f.State, nil
 }
 
+// EncodeState writes a state with its site, time and checksum.
+func EncodeState(site string, st State, now time.Time) ([]byte, error) {
+	sum, err := checksum(site, st)
+	if err != nil {
+		return nil, fmt.Errorf("natpool: %w", err)
+	}
+	data, err := json.MarshalIndent(stateFile{Version: fileVersion, Site: site, Written: now.UTC(), State: st, Checksum: sum}, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("natpool: %w", err)
+	}
+	return append(data, '\n'), nil
+}
+
 // Save writes the state durably; the file it replaces becomes FILE.prev.
 func (s *FileStore) Save(st State) (err error) {
 	now := time.Now
 	if s.Now != nil {
 		now = s.Now
 	}
-	sum, err := checksum(s.Site, st)
+	data, err := EncodeState(s.Site, st, now())
 	if err != nil {
-		return fmt.Errorf("natpool: %w", err)
-	}
-	data, err := json.MarshalIndent(stateFile{Version: fileVersion, Site: s.Site, Written: now().UTC(), State: st, Checksum: sum}, "", "  ")
-	if err != nil {
-		return fmt.Errorf("natpool: %w", err)
+		return err
 	}
 	dir := filepath.Dir(s.Path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -149,7 +162,7 @@ func (s *FileStore) Save(st State) (err error) {
 			os.Remove(tmp.Name())
 		}
 	}()
-	if _, err := tmp.Write(append(data, '\n')); err != nil {
+	if _, err := tmp.Write(data); err != nil {
 		return fmt.Errorf("natpool: write %s: %w", tmp.Name(), err)
 	}
 	if err := tmp.Sync(); err != nil {

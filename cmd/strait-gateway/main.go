@@ -17,8 +17,13 @@ import (
 	"strings"
 	"syscall"
 
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
 	"github.com/straitnet/strait/gateway"
 	"github.com/straitnet/strait/gateway/tunnel"
+	"github.com/straitnet/strait/natpool/kubestore"
 )
 
 // version is set at build time (-ldflags "-X main.version=...").
@@ -98,6 +103,9 @@ func run(args []string) error {
 	fs.StringVar(&o.WireGuardGo, "wireguard-go", "wireguard-go", "wireguard-go binary for --wireguard=wireguard-go")
 	fs.IntVar(&o.MTU, "mtu", 0, "tunnel MTU; 0 derives it from the underlay MTU less the WireGuard overhead")
 	fs.DurationVar(&o.Interval, "interval", 0, "how often to re-read the mesh file and repair drift (default 2s)")
+	allocations := fs.String("allocations", "file", "where allocations persist: file (allocations.json in --state-dir) or kubernetes (a ConfigMap)")
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig for --allocations=kubernetes (default: the in-cluster service account)")
+	namespace := fs.String("namespace", envOr("POD_NAMESPACE", "strait-system"), "namespace of the allocations ConfigMap")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", "json", "log format: json or text")
 	if err := fs.Parse(args); err != nil {
@@ -111,6 +119,21 @@ func run(args []string) error {
 		return err
 	}
 	o.WireGuard = m
+	switch *allocations {
+	case "file":
+	case "kubernetes":
+		cfg, err := kubeConfig(*kubeconfig)
+		if err != nil {
+			return err
+		}
+		client, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return fmt.Errorf("--allocations=kubernetes: %w", err)
+		}
+		o.Store = &kubestore.Store{Client: client, Namespace: *namespace, Site: o.Site}
+	default:
+		return fmt.Errorf("--allocations %q: want file or kubernetes", *allocations)
+	}
 	logger, err := newLogger(*logLevel, *logFormat, os.Stderr)
 	if err != nil {
 		return err
@@ -152,4 +175,28 @@ func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
 		return slog.New(slog.NewTextHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: want json or text", format)
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+// kubeConfig is the client configuration from a kubeconfig file, or the
+// pod's service account when path is empty.
+func kubeConfig(path string) (*rest.Config, error) {
+	if path == "" {
+		cfg, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("--allocations=kubernetes: not in a cluster (%v); give --kubeconfig", err)
+		}
+		return cfg, nil
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", path)
+	if err != nil {
+		return nil, fmt.Errorf("--kubeconfig %s: %w", path, err)
+	}
+	return cfg, nil
 }

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/straitnet/strait/e2e/kube"
 	"github.com/straitnet/strait/e2e/lab"
 	"github.com/straitnet/strait/e2e/lab/wanemu"
 	"github.com/straitnet/strait/gateway"
@@ -45,6 +46,8 @@ func labCmd(args []string) error {
 		return labServe(args)
 	case "wan-emulator":
 		return labWANEmulator(args)
+	case "kube-apiserver":
+		return labKubeAPIServer(args)
 	}
 	return usagef("lab: unknown subcommand %q", sub)
 }
@@ -326,4 +329,19 @@ func labWANEmulator(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return wanemu.Daemon(ctx, *cfg, slog.New(slog.NewTextHandler(os.Stderr, nil)))
+}
+
+// labKubeAPIServer builds the pinned kube-apiserver into the cache, if it
+// is not there yet, and prints its path.
+func labKubeAPIServer(args []string) error {
+	fs := flag.NewFlagSet("lab kube-apiserver", flag.ContinueOnError)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	path, err := kube.Binary(context.Background())
+	if err != nil {
+		return err
+	}
+	fmt.Println(path)
+	return nil
 }

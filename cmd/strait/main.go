@@ -22,6 +22,7 @@ Usage:
   strait lab wan [--run ID] SITE [--latency D] [--jitter D] [--loss PCT]   change a site's WAN link
   strait lab down [--run ID | --all]                        remove a lab, also after a crash
   strait lab ls                                             list labs
+  strait lab kube-apiserver                                 build the tests' kube-apiserver (cached) and print its path
   strait config wg-quick SITE [--mesh FILE] [--private-key-file PATH]
                                                             wg-quick configuration for a plain WireGuard site
   strait config check [--mesh FILE]                         validate a mesh configuration
