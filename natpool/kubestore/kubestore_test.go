@@ -91,7 +91,9 @@ func TestStoreRefusesWhatItCannotTrust(t *testing.T) {
 	s.Save(state(2))
 	cms := c.CoreV1().ConfigMaps("strait-system")
 	for name, edit := range map[string]func(*corev1.ConfigMap){
-		"edited":    func(cm *corev1.ConfigMap) { cm.Data[KeyState] = strings.Replace(cm.Data[KeyState], "242.1.128.1", "242.1.128.9", 1) },
+		"edited": func(cm *corev1.ConfigMap) {
+			cm.Data[KeyState] = strings.Replace(cm.Data[KeyState], "242.1.128.1", "242.1.128.9", 1)
+		},
 		"truncated": func(cm *corev1.ConfigMap) { cm.Data[KeyState] = cm.Data[KeyState][:40] },
 		"key gone":  func(cm *corev1.ConfigMap) { delete(cm.Data, KeyState) },
 		"other site": func(cm *corev1.ConfigMap) {
