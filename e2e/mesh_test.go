@@ -56,7 +56,10 @@ func TestMergerEverySiteReachesEvery(t *testing.T) {
 		}
 	}
 	if a1.Egress == a2.Egress {
-		t.Errorf("cloud-a's payments pod leaves as %s like the default: the egress rule did nothing", a2.Egress)
+		t.Errorf("cloud-a's payments pod leaves as %s like the default: the namespace rule did nothing", a2.Egress)
+	}
+	if b2 := l.MustHost("cloud-b-pod2"); b2.Egress == b1.Egress {
+		t.Errorf("cloud-b's app=batch pod leaves as %s like the default: the selector rule did nothing", b2.Egress)
 	}
 	// UDP is translated both ways too.
 	r, err := lab.Request(context.Background(), a1, netip.AddrPortFrom(b1.Global, lab.ServePort), "udp", 2*time.Second)

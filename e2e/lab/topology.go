@@ -105,7 +105,7 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 // onprem do not collide and are routable: between them, addresses stay
 // real. cloud-b collides with cloud-a: its traffic is translated. In
 // cloud-a, pod2 runs in namespace payments, whose traffic leaves by an
-// egress address of its own.
+// egress address of its own; in cloud-b, pods labelled app=batch do.
 func Merger() Topology {
 	return Topology{
 		Name:       "merger",
@@ -115,7 +115,10 @@ func Merger() Topology {
 				Pods:   map[string]PodMeta{"pod2": {Namespace: "payments", Labels: map[string]string{"app": "api"}}},
 				Egress: []EgressRule{{Name: "payments", Namespace: "payments"}},
 				WAN:    WAN{Latency: Duration(2 * time.Millisecond)}},
-			{Name: "cloud-b", PodCIDR: pfx("10.0.0.0/16"), Block: pfx("242.1.0.0/16"), Nodes: 2, PodsPerNode: 1, WAN: WAN{Latency: Duration(2 * time.Millisecond)}},
+			{Name: "cloud-b", PodCIDR: pfx("10.0.0.0/16"), Block: pfx("242.1.0.0/16"), Nodes: 2, PodsPerNode: 1,
+				Pods:   map[string]PodMeta{"pod2": {Namespace: "default", Labels: map[string]string{"app": "batch"}}},
+				Egress: []EgressRule{{Name: "batch", PodSelector: map[string]string{"app": "batch"}}},
+				WAN:    WAN{Latency: Duration(2 * time.Millisecond)}},
 			{Name: "onprem", PodCIDR: pfx("192.168.0.0/16"), Routable: true, Block: pfx("242.2.0.0/16"), Nodes: 1, PodsPerNode: 1, WAN: WAN{Latency: Duration(5 * time.Millisecond)}},
 		},
 	}

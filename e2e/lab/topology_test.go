@@ -54,7 +54,7 @@ cloud-b-gw gateway strait-demo-cloud-b-gw addr=172.31.0.1 wan=198.18.1.2
 cloud-b-node1 node strait-demo-cloud-b-node1 addr=172.31.0.11 pods=10.0.1.0/24
 cloud-b-pod1 pod strait-demo-cloud-b-pod1 addr=10.0.1.10 on=cloud-b-node1 ns=default app=pod1
 cloud-b-node2 node strait-demo-cloud-b-node2 addr=172.31.0.12 pods=10.0.2.0/24
-cloud-b-pod2 pod strait-demo-cloud-b-pod2 addr=10.0.2.10 on=cloud-b-node2 ns=default app=pod2
+cloud-b-pod2 pod strait-demo-cloud-b-pod2 addr=10.0.2.10 on=cloud-b-node2 ns=default app=batch
 onprem-lan switch strait-demo-onprem-lan
 onprem-gw gateway strait-demo-onprem-gw addr=172.31.0.1 wan=198.18.2.2
 onprem-node1 node strait-demo-onprem-node1 addr=172.31.0.11 pods=192.168.1.0/24
