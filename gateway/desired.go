@@ -20,7 +20,8 @@ import (
 type desired struct {
 	tunnel tunnel.Config
 	iface  string
-	// pools, requests: what to allocate.
+	// block, pools, requests: what to allocate, from where.
+	block    netip.Prefix
 	pools    []natpool.Pool
 	requests []natpool.Request
 	holdDown time.Duration
@@ -58,6 +59,7 @@ func derive(m *meshconf.Mesh, sc *siteconf.Config, self string, key wgtypes.Key,
 			Mesh:       m.GlobalCIDR,
 		},
 		iface:    iface,
+		block:    me.Block,
 		pools:    sc.EffectivePools(me.Block),
 		holdDown: sc.HoldDown,
 		services: sc.Services,

@@ -279,7 +279,7 @@ func (g *Gateway) start(ctx context.Context, want desired, h string) error {
 	if err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
-	alloc, err := natpool.NewAllocator(want.pools, st, want.holdDown, g.opts.Now)
+	alloc, err := natpool.NewAllocator(want.block, want.pools, st, want.holdDown, g.opts.Now)
 	if err != nil {
 		return fmt.Errorf("gateway: allocations in %s: %w", g.store.Where(), err)
 	}
@@ -330,16 +330,22 @@ func (g *Gateway) Loop(ctx context.Context, reload <-chan struct{}) error {
 }
 
 // reconcile is one pass of the loop: read the files, allocate what they
-// ask for, apply it, and only then call it current.
+// ask for, bring the tunnel and the table to it, and only then call it
+// current. Each step is tried whatever the others do: a tunnel that cannot
+// be configured (a port taken) or allocations that cannot be saved must
+// not leave a flushed table unrepaired. Without new allocations, the
+// table is programmed from the ones that are saved.
 func (g *Gateway) reconcile(ctx context.Context) {
 	want, h := g.next()
-	err := g.allocate(want)
-	var prog nat.Program
-	if err == nil {
-		prog, err = g.apply(ctx, want)
-	}
+	allocErr := g.allocate(want)
+	engineErr := g.engine.Apply(ctx, want.tunnel)
+	prog, natErr := g.syncNAT(want)
+	err := errors.Join(allocErr, engineErr, natErr)
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if natErr == nil {
+		g.prog = prog
+	}
 	if err != nil {
 		if err.Error() != g.applyErr.Msg {
 			g.log.Error("applying the configuration failed; retrying", "config", short(h), "running", short(g.currentHash), "err", err)
@@ -351,7 +357,6 @@ func (g *Gateway) reconcile(ctx context.Context) {
 		g.log.Info("configuration applied after failures", "config", short(h))
 	}
 	g.applyErr = Problem{}
-	g.prog = prog
 	if h != g.currentHash {
 		g.current, g.currentHash, g.appliedAt = want, h, g.opts.Now()
 		g.log.Info("configuration applied", "config", short(h), "peers", len(want.tunnel.Peers), "services", len(want.services))
@@ -408,7 +413,7 @@ func (g *Gateway) allocate(want desired) error {
 	g.mu.Lock()
 	st := g.alloc.State()
 	g.mu.Unlock()
-	next, err := natpool.NewAllocator(want.pools, st, want.holdDown, g.opts.Now)
+	next, err := natpool.NewAllocator(want.block, want.pools, st, want.holdDown, g.opts.Now)
 	if err != nil {
 		return fmt.Errorf("allocations: %w", err)
 	}
@@ -443,12 +448,17 @@ func contains(ss []string, s string) bool {
 }
 
 // apply brings the device and the NAT table to want with the current
-// allocations; both are idempotent and touch only what differs. A table
-// that drifted from what was programmed is rewritten whole.
+// allocations; both are idempotent and touch only what differs.
 func (g *Gateway) apply(ctx context.Context, want desired) (nat.Program, error) {
 	if err := g.engine.Apply(ctx, want.tunnel); err != nil {
 		return nat.Program{}, err
 	}
+	return g.syncNAT(want)
+}
+
+// syncNAT programs the table for want with the current allocations. A
+// table that drifted from what was programmed is rewritten whole.
+func (g *Gateway) syncNAT(want desired) (nat.Program, error) {
 	g.mu.Lock()
 	prog := program(want, g.alloc.Lookup)
 	programmed := g.ready

@@ -329,13 +329,22 @@ func TestKubernetesStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := fmt.Sprint(g1.Status().Allocations)
+	// Make the state one a fresh start would not reach: web goes (its
+	// address into hold-down), db comes and gets the next address.
+	tb.write(tb.site, strings.Replace(siteText,
+		"  - {namespace: default, name: web, backend: 10.0.1.10, ports: [{port: 80, targetPort: 7777}, {port: 53, protocol: UDP}]}\n",
+		"  - {namespace: shop, name: db, backend: 10.96.0.12, ports: [{port: 5432}]}\n", 1))
+	g1.reconcile(ctx)
+	before := keysAndIPs(g1.Status().Allocations)
+	if !strings.Contains(fmt.Sprint(before), "ingress/shop/db=242.1.128.2") {
+		t.Fatalf("before the restart: %v", before)
+	}
 	g2, err := start()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if after := fmt.Sprint(g2.Status().Allocations); after != before || !strings.Contains(after, "ingress/default/web") {
-		t.Errorf("after a restart:\n%s\nbefore:\n%s", after, before)
+	if after := keysAndIPs(g2.Status().Allocations); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Errorf("after a restart: %v\nbefore: %v", after, before)
 	}
 	cm, err := c.CoreV1().ConfigMaps("strait-system").Get(ctx, "strait-allocations-cloud-b", metav1.GetOptions{})
 	if err != nil {
@@ -348,4 +357,38 @@ func TestKubernetesStore(t *testing.T) {
 	if _, err := start(); err == nil || !strings.Contains(err.Error(), "configmap strait-system/strait-allocations-cloud-b cannot be trusted") {
 		t.Errorf("start on a damaged object: %v", err)
 	}
+}
+
+// TestDriftRepairedWhileApplyFails: a configuration that cannot be applied
+// (the tunnel refuses it, the store cannot save) must not stop the table
+// from being repaired.
+func TestDriftRepairedWhileApplyFails(t *testing.T) {
+	tb := newTestbed(t)
+	tb.write(tb.mesh, meshText(tb.k, "0s"))
+	tb.eng.failing = errors.New("port in use")
+	tb.store.failing = errors.New("disk full")
+	tb.write(tb.site, strings.Replace(siteText, "services:\n", "services:\n  - {namespace: shop, name: db, backend: 10.96.0.12, ports: [{port: 5432}]}\n", 1))
+	tb.g.reconcile(tb.ctx)
+	syncs := tb.tab.syncs
+	tb.tab.drifted = true // someone flushes the table meanwhile
+	tb.g.reconcile(tb.ctx)
+	st := tb.g.Status()
+	if st.ApplyError == nil || !strings.Contains(st.ApplyError.Msg, "port in use") || !strings.Contains(st.ApplyError.Msg, "disk full") {
+		t.Errorf("apply error %+v; want both failures named", st.ApplyError)
+	}
+	if tb.tab.drifted || tb.tab.syncs == syncs || st.NAT.Drifts != 1 {
+		t.Errorf("the table was not repaired while applying failed (drifted %v, %d drifts)", tb.tab.drifted, st.NAT.Drifts)
+	}
+	// Programmed from the saved allocations: web still, not db (unsaved).
+	if len(tb.tab.prog.Services) != 2 || tb.tab.prog.Services[0].Addr.String() != "242.1.128.1" {
+		t.Errorf("programmed %+v", tb.tab.prog.Services)
+	}
+}
+
+func keysAndIPs(as []natpool.Allocation) []string {
+	var out []string
+	for _, a := range as {
+		out = append(out, a.Key+"="+a.IP.String())
+	}
+	return out
 }

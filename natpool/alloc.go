@@ -59,6 +59,7 @@ type Request struct {
 // reuse. It is pure: the caller persists State and supplies the clock.
 type Allocator struct {
 	pools    map[string]Pool
+	block    netip.Prefix
 	holdDown time.Duration
 	now      func() time.Time
 
@@ -67,12 +68,15 @@ type Allocator struct {
 	released map[netip.Addr]Release
 }
 
-// NewAllocator loads a state. It refuses a state that contradicts itself
-// (an address held twice, a key twice); allocations outside today's pools
-// are kept, and reported by Orphans, rather than moved under live traffic.
-func NewAllocator(pools []Pool, st State, holdDown time.Duration, now func() time.Time) (*Allocator, error) {
+// NewAllocator loads a state for a site whose block is block. It refuses a
+// state that contradicts itself (an address held twice, a key twice).
+// Allocations outside today's pools but inside the block are kept, and
+// reported by Orphans, rather than moved under live traffic; allocations
+// outside the block (it moved) are moved at the next Sync: peers no longer
+// route them to this site, so nothing reaches them anyway.
+func NewAllocator(block netip.Prefix, pools []Pool, st State, holdDown time.Duration, now func() time.Time) (*Allocator, error) {
 	a := &Allocator{
-		pools: map[string]Pool{}, holdDown: holdDown, now: now,
+		pools: map[string]Pool{}, block: block, holdDown: holdDown, now: now,
 		byKey: map[string]Allocation{}, byIP: map[netip.Addr]string{}, released: map[netip.Addr]Release{},
 	}
 	for _, p := range pools {
@@ -123,6 +127,21 @@ func (a *Allocator) Sync(reqs []Request) (changed bool, errs []error) {
 			changed = true
 		}
 	}
+	// An address outside the block is dead: drop it (no hold-down, it is
+	// not ours to hold) so that its key gets one inside.
+	for _, key := range slices.Sorted(maps.Keys(a.byKey)) {
+		if al := a.byKey[key]; !a.block.Contains(al.IP) {
+			delete(a.byKey, key)
+			delete(a.byIP, al.IP)
+			changed = true
+		}
+	}
+	for ip := range a.released {
+		if !a.block.Contains(ip) {
+			delete(a.released, ip)
+			changed = true
+		}
+	}
 	// Within one pass addresses are only taken, never freed: each pool's
 	// search resumes where its last allocation ended.
 	from := map[string]netip.Addr{}
@@ -153,14 +172,49 @@ func (a *Allocator) ensure(r Request, now time.Time, from map[string]netip.Addr)
 	if p.Kind != r.Kind {
 		return false, fmt.Errorf("natpool: %s: pool %q is an %s pool, not %s: %w", r.Key, r.Pool, p.Kind, r.Kind, ErrWrongKind)
 	}
-	if al, ok := a.byKey[r.Key]; ok {
-		if al.Pool == r.Pool {
-			return false, nil
-		}
-		a.release(r.Key, now) // moved to another pool
-		changed = true
+	old, had := a.byKey[r.Key]
+	if had && old.Pool == r.Pool {
+		return false, nil
 	}
-	start, ok := from[r.Pool]
+	// A key back within its own hold-down gets its address back: the
+	// hold-down keeps addresses from other keys, not from their own.
+	for ip, rel := range a.released {
+		if rel.Key == r.Key && rel.Pool == r.Pool && p.CIDR.Contains(ip) {
+			delete(a.released, ip)
+			a.take(r, ip, now, had)
+			return true, nil
+		}
+	}
+	ip, ok := a.free(p, from)
+	if !ok {
+		// A key moving pools keeps its old address until it has a new one.
+		held := 0
+		for _, rel := range a.released {
+			if p.CIDR.Contains(rel.IP) {
+				held++
+			}
+		}
+		return false, fmt.Errorf("natpool: %s: pool %q (%s) has no address left: %d in use, %d in hold-down: %w",
+			r.Key, r.Pool, p.CIDR, a.used(p), held, ErrExhausted)
+	}
+	a.take(r, ip, now, had)
+	return true, nil
+}
+
+// take gives ip to the request's key, releasing the address it had in
+// another pool, if any.
+func (a *Allocator) take(r Request, ip netip.Addr, now time.Time, had bool) {
+	if had {
+		a.release(r.Key, now)
+	}
+	al := Allocation{Key: r.Key, Pool: r.Pool, IP: ip, Since: now}
+	a.byKey[r.Key], a.byIP[ip] = al, r.Key
+}
+
+// free finds the lowest usable address of p that is neither taken nor
+// held down, resuming where this pass's last search of p ended.
+func (a *Allocator) free(p Pool, from map[string]netip.Addr) (netip.Addr, bool) {
+	start, ok := from[p.Name]
 	if !ok {
 		start = p.CIDR.Masked().Addr()
 	}
@@ -174,20 +228,11 @@ func (a *Allocator) ensure(r Request, now time.Time, from map[string]netip.Addr)
 		if _, held := a.released[ip]; held {
 			continue
 		}
-		al := Allocation{Key: r.Key, Pool: r.Pool, IP: ip, Since: now}
-		a.byKey[r.Key], a.byIP[ip] = al, r.Key
-		from[r.Pool] = ip.Next()
-		return true, nil
+		from[p.Name] = ip.Next()
+		return ip, true
 	}
-	held := 0
-	for _, rel := range a.released {
-		if p.CIDR.Contains(rel.IP) {
-			held++
-		}
-	}
-	from[r.Pool] = LastAddr(p.CIDR).Next()
-	return changed, fmt.Errorf("natpool: %s: pool %q (%s) has no address left: %d in use, %d in hold-down: %w",
-		r.Key, r.Pool, p.CIDR, a.used(p), held, ErrExhausted)
+	from[p.Name] = LastAddr(p.CIDR).Next()
+	return netip.Addr{}, false
 }
 
 func (a *Allocator) used(p Pool) int {

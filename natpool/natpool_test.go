@@ -159,7 +159,7 @@ func reqs(keys ...string) (out []Request) {
 func TestAllocatorStableAndHoldDown(t *testing.T) {
 	c := newClock()
 	pools := []Pool{{"in", Ingress, p("242.1.128.0/30")}, {"out", Egress, p("242.1.1.0/30")}} // 4 addresses each
-	al, err := NewAllocator(pools, State{}, time.Minute, c.now)
+	al, err := NewAllocator(p("242.1.0.0/16"), pools, State{}, time.Minute, c.now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +175,7 @@ func TestAllocatorStableAndHoldDown(t *testing.T) {
 	if changed, _ := al.Sync(reqs("a", "b")); changed {
 		t.Error("a second Sync of the same requests changed something")
 	}
-	al2, err := NewAllocator(pools, al.State(), time.Minute, c.now)
+	al2, err := NewAllocator(p("242.1.0.0/16"), pools, al.State(), time.Minute, c.now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,7 +213,7 @@ func TestAllocatorStableAndHoldDown(t *testing.T) {
 func TestAllocatorRefuses(t *testing.T) {
 	c := newClock()
 	pools := []Pool{{"in", Ingress, p("242.1.128.0/24")}}
-	al, _ := NewAllocator(pools, State{}, time.Minute, c.now)
+	al, _ := NewAllocator(p("242.1.0.0/16"), pools, State{}, time.Minute, c.now)
 	_, errs := al.Sync([]Request{{Key: "x", Pool: "nope", Kind: Ingress}, {Key: "y", Pool: "in", Kind: Egress}, req("z")})
 	if len(errs) != 2 || !errors.Is(errs[0], ErrNoPool) || !errors.Is(errs[1], ErrWrongKind) {
 		t.Errorf("errors %v", errs)
@@ -225,7 +225,7 @@ func TestAllocatorRefuses(t *testing.T) {
 		{Allocations: []Allocation{{Key: "a", Pool: "in", IP: a("242.1.128.1")}, {Key: "b", Pool: "in", IP: a("242.1.128.1")}}},
 		{Allocations: []Allocation{{Key: "a", Pool: "in", IP: a("242.1.128.1")}, {Key: "a", Pool: "in", IP: a("242.1.128.2")}}},
 	} {
-		if _, err := NewAllocator(pools, st, time.Minute, c.now); err == nil {
+		if _, err := NewAllocator(p("242.1.0.0/16"), pools, st, time.Minute, c.now); err == nil {
 			t.Errorf("NewAllocator accepted %+v", st)
 		}
 	}
@@ -235,7 +235,7 @@ func TestAllocatorKeepsOrphans(t *testing.T) {
 	c := newClock()
 	st := State{Allocations: []Allocation{{Key: "a", Pool: "in", IP: a("242.1.200.7")}}}
 	// The pool shrank: a's address is outside it now. It keeps it.
-	al, err := NewAllocator([]Pool{{"in", Ingress, p("242.1.128.0/24")}}, st, time.Minute, c.now)
+	al, err := NewAllocator(p("242.1.0.0/16"), []Pool{{"in", Ingress, p("242.1.128.0/24")}}, st, time.Minute, c.now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,10 +245,58 @@ func TestAllocatorKeepsOrphans(t *testing.T) {
 	}
 }
 
+func TestAllocatorKeyReclaimsItsOwnHeldAddress(t *testing.T) {
+	c := newClock()
+	al, _ := NewAllocator(p("242.1.0.0/16"), []Pool{{"in", Ingress, p("242.1.128.0/24")}}, State{}, time.Minute, c.now)
+	al.Sync(reqs("a", "b", "c"))
+	al.Sync(reqs("c")) // a and b vanish (a file read half-written, say)
+	c.add(10 * time.Second)
+	al.Sync(reqs("b", "a", "c"))
+	if x, _ := al.Lookup("a"); x.String() != "242.1.128.1" {
+		t.Errorf("a came back at %s, not its own 242.1.128.1", x)
+	}
+	if x, _ := al.Lookup("b"); x.String() != "242.1.128.2" {
+		t.Errorf("b came back at %s, not its own 242.1.128.2", x)
+	}
+}
+
+func TestAllocatorMoveKeepsAddressUntilItHasANewOne(t *testing.T) {
+	c := newClock()
+	pools := []Pool{{"in", Ingress, p("242.1.128.0/24")}, {"full", Ingress, p("242.1.129.0/30")}}
+	al, _ := NewAllocator(p("242.1.0.0/16"), pools, State{}, time.Minute, c.now)
+	al.Sync([]Request{req("a"), {Key: "x", Pool: "full", Kind: Ingress}, {Key: "y", Pool: "full", Kind: Ingress}, {Key: "z", Pool: "full", Kind: Ingress}})
+	_, errs := al.Sync([]Request{{Key: "a", Pool: "full", Kind: Ingress}, {Key: "x", Pool: "full", Kind: Ingress}, {Key: "y", Pool: "full", Kind: Ingress}, {Key: "z", Pool: "full", Kind: Ingress}})
+	if len(errs) != 1 || !errors.Is(errs[0], ErrExhausted) {
+		t.Fatalf("moving a into a full pool: %v", errs)
+	}
+	if x, ok := al.Lookup("a"); !ok || x.String() != "242.1.128.1" {
+		t.Errorf("a lost its address while waiting for one in the full pool: %s, %v", x, ok)
+	}
+}
+
+func TestAllocatorMovesAddressesOutsideTheBlock(t *testing.T) {
+	c := newClock()
+	st := State{Allocations: []Allocation{{Key: "a", Pool: "ingress", IP: a("242.1.128.1")}}}
+	// The site's block moved from 242.1.0.0/16 to 242.7.0.0/16.
+	al, err := NewAllocator(p("242.7.0.0/16"), DefaultPools(p("242.7.0.0/16")), st, time.Minute, c.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if changed, errs := al.Sync([]Request{{Key: "a", Pool: "ingress", Kind: Ingress}}); !changed || errs != nil {
+		t.Fatalf("Sync = %v, %v", changed, errs)
+	}
+	if x, _ := al.Lookup("a"); !p("242.7.0.0/16").Contains(x) {
+		t.Errorf("a stays at %s, outside the block", x)
+	}
+	if len(al.State().Released) != 0 {
+		t.Errorf("an address outside the block is held: %+v", al.State().Released)
+	}
+}
+
 func TestAllocatorMovesPools(t *testing.T) {
 	c := newClock()
 	pools := []Pool{{"in", Ingress, p("242.1.128.0/24")}, {"in2", Ingress, p("242.1.129.0/24")}}
-	al, _ := NewAllocator(pools, State{}, time.Minute, c.now)
+	al, _ := NewAllocator(p("242.1.0.0/16"), pools, State{}, time.Minute, c.now)
 	al.Sync(reqs("a"))
 	al.Sync([]Request{{Key: "a", Pool: "in2", Kind: Ingress}})
 	if x, _ := al.Lookup("a"); x.String() != "242.1.129.1" {
@@ -267,13 +315,13 @@ func TestAllocatorAgainstReference(t *testing.T) {
 	r := rand.New(rand.NewPCG(seed, 1))
 	c := newClock()
 	pool := Pool{"in", Ingress, p("242.1.128.0/28")} // 14 usable addresses
-	al, _ := NewAllocator([]Pool{pool}, State{}, time.Minute, c.now)
-	type ref struct {
-		ip       netip.Addr
-		released time.Time
+	al, _ := NewAllocator(p("242.1.0.0/16"), []Pool{pool}, State{}, time.Minute, c.now)
+	type hold struct {
+		key string
+		at  time.Time
 	}
 	owner := map[string]netip.Addr{}
-	held := map[netip.Addr]time.Time{}
+	held := map[netip.Addr]hold{}
 	for step := range 3000 {
 		c.add(time.Duration(r.IntN(20)) * time.Second)
 		var keys []string
@@ -282,16 +330,17 @@ func TestAllocatorAgainstReference(t *testing.T) {
 				keys = append(keys, fmt.Sprintf("k%d", k))
 			}
 		}
-		// The model: expire holds, release unwanted, then lowest free.
-		for ip, at := range held {
-			if c.t.Sub(at) >= time.Minute {
+		// The model: expire holds, release unwanted, then a key's own
+		// held address, else the lowest free.
+		for ip, h := range held {
+			if c.t.Sub(h.at) >= time.Minute {
 				delete(held, ip)
 			}
 		}
 		for k, ip := range owner {
 			if !slices.Contains(keys, k) {
 				delete(owner, k)
-				held[ip] = c.t
+				held[ip] = hold{k, c.t}
 			}
 		}
 		wantErrs := 0
@@ -300,6 +349,16 @@ func TestAllocatorAgainstReference(t *testing.T) {
 				continue
 			}
 			found := false
+			for ip, h := range held {
+				if h.key == k {
+					owner[k], found = ip, true
+					delete(held, ip)
+					break
+				}
+			}
+			if found {
+				continue
+			}
 			for ip := pool.CIDR.Addr(); pool.CIDR.Contains(ip); ip = ip.Next() {
 				if !usable(ip) {
 					continue
@@ -334,7 +393,7 @@ func TestAllocatorAgainstReference(t *testing.T) {
 
 func TestAllocatorScales(t *testing.T) {
 	c := newClock()
-	al, _ := NewAllocator(DefaultPools(p("242.1.0.0/16")), State{}, time.Minute, c.now)
+	al, _ := NewAllocator(p("242.1.0.0/16"), DefaultPools(p("242.1.0.0/16")), State{}, time.Minute, c.now)
 	var rs []Request
 	for i := range 10000 {
 		rs = append(rs, Request{Key: IngressKey("ns", fmt.Sprint(i)), Pool: DefaultIngressPool, Kind: Ingress})
@@ -403,6 +462,7 @@ func TestFileStore(t *testing.T) {
 		"empty":          {},
 		"other site":     []byte(strings.Replace(string(good), `"site": "cloud-b"`, `"site": "cloud-c"`, 1)),
 		"future version": []byte(strings.Replace(string(good), `"version": 1`, `"version": 9`, 1)),
+		"trailing junk":  append(append([]byte{}, good...), []byte("garbage {{{")...),
 	} {
 		t.Run(name, func(t *testing.T) {
 			os.WriteFile(path, bad, 0o600)
@@ -419,5 +479,16 @@ func TestFileStore(t *testing.T) {
 	os.Remove(path)
 	if _, err := s.Load(); err == nil || !strings.Contains(err.Error(), "is missing but its previous copy") {
 		t.Errorf("missing file beside .prev: %v", err)
+	}
+}
+
+// TestDefaultPoolsFitEveryBlock checks the defaults of every block length
+// meshconf accepts.
+func TestDefaultPoolsFitEveryBlock(t *testing.T) {
+	for bits := 9; bits <= MaxBlockBits; bits++ {
+		block := netip.PrefixFrom(a("242.64.0.0"), bits).Masked()
+		if errs := CheckPools(block, nil, []netip.Addr{block.Addr().Next()}, DefaultPools(block)); errs != nil {
+			t.Errorf("default pools of /%d: %v", bits, errs)
+		}
 	}
 }

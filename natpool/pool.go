@@ -29,10 +29,14 @@ type Pool struct {
 	CIDR netip.Prefix
 }
 
-// DefaultPools cuts a block the way a site gets it when it configures no
-// pools: the first 1/256 (a /24 of a /16; at most /30) stays reserved for
-// the gateway's own addresses, the next as large becomes the egress pool,
-// the upper half the ingress pool.
+// MaxBlockBits is the longest block prefix: 16 addresses, room for the
+// reserved range and both default pools.
+const MaxBlockBits = 28
+
+// DefaultPools cuts a block (at most /28) the way a site gets it when it
+// configures no pools: the first 1/256 (a /24 of a /16; at least a /30)
+// stays reserved for the gateway's own addresses, the next as large
+// becomes the egress pool, the upper half the ingress pool.
 func DefaultPools(block netip.Prefix) []Pool {
 	sub := min(block.Bits()+8, 30)
 	reserved := netip.PrefixFrom(block.Masked().Addr(), sub)

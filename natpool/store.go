@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -108,6 +109,9 @@ func DecodeState(site string, data []byte) (State, error) {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&f); err != nil {
 		return State{}, fmt.Errorf("not valid (%v)", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return State{}, errors.New("not valid (something follows the state)")
 	}
 	if f.Version != fileVersion {
 		return State{}, fmt.Errorf("format version %d, this gateway reads %d", f.Version, fileVersion)

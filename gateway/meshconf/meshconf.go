@@ -68,6 +68,13 @@ type Site struct {
 	PersistentKeepalive time.Duration
 	// Line is where the site starts in the file.
 	Line int
+	// cidrAt holds where each of CIDRs is written, for messages.
+	cidrAt []cidrPos
+}
+
+type cidrPos struct {
+	node  *yaml.Node
+	field string
 }
 
 // TunnelAddr is the site's own address in the mesh: the first host address
@@ -165,8 +172,8 @@ func (d *decoder) mesh(data []byte) *Mesh {
 			switch {
 			case err != nil || !strings.HasPrefix(s, "/"):
 				d.Fail(n, "blockSize", "%q is not a prefix length such as /16", s)
-			case m.GlobalCIDR.IsValid() && (bits <= m.GlobalCIDR.Bits() || bits > 30):
-				d.Fail(n, "blockSize", "/%d: want a length between /%d and /30, inside the global CIDR %s", bits, m.GlobalCIDR.Bits()+1, m.GlobalCIDR)
+			case m.GlobalCIDR.IsValid() && (bits <= m.GlobalCIDR.Bits() || bits > natpool.MaxBlockBits):
+				d.Fail(n, "blockSize", "/%d: want a length between /%d and /%d, inside the global CIDR %s", bits, m.GlobalCIDR.Bits()+1, natpool.MaxBlockBits, m.GlobalCIDR)
 			default:
 				m.BlockBits = bits
 			}
@@ -250,8 +257,10 @@ func (d *decoder) site(n *yaml.Node, field string, m *Mesh) (Site, map[string]*y
 	}
 	if v := f["cidrs"]; v != nil {
 		for i, pn := range d.List(v, field+".cidrs", "prefixes") {
-			if p := d.Prefix(pn, fmt.Sprintf("%s.cidrs[%d]", field, i)); p.IsValid() {
+			pf := fmt.Sprintf("%s.cidrs[%d]", field, i)
+			if p := d.Prefix(pn, pf); p.IsValid() {
 				s.CIDRs = append(s.CIDRs, p)
+				s.cidrAt = append(s.cidrAt, cidrPos{pn, pf})
 			}
 		}
 	}
@@ -359,17 +368,18 @@ func (d *decoder) crossCheck(m *Mesh, nodes []map[string]*yaml.Node) {
 			if !natpool.Contains(m.GlobalCIDR, s.Block) {
 				d.Fail(n, field+".block", "%s is outside the global CIDR %s", s.Block, m.GlobalCIDR)
 			}
-			if s.Block.Bits() > 30 {
-				d.Fail(n, field+".block", "%s is too small: a block needs room for the site's tunnel address and pools (at most /30)", s.Block)
+			if s.Block.Bits() > natpool.MaxBlockBits {
+				d.Fail(n, field+".block", "%s is too small: a block needs room for the site's tunnel address and pools (at most /%d)", s.Block, natpool.MaxBlockBits)
 			}
 		}
 		for k, c := range s.CIDRs {
+			at := s.cidrAt[k]
 			if m.GlobalCIDR.IsValid() && c.Overlaps(m.GlobalCIDR) {
-				d.Fail(nodes[i]["cidrs"].Content[k], fmt.Sprintf("%s.cidrs[%d]", field, k), "%s overlaps the global CIDR %s, which is reserved for the mesh", c, m.GlobalCIDR)
+				d.Fail(at.node, at.field, "%s overlaps the global CIDR %s, which is reserved for the mesh", c, m.GlobalCIDR)
 			}
 			for _, c2 := range s.CIDRs[:k] {
 				if c.Overlaps(c2) {
-					d.Fail(nodes[i]["cidrs"].Content[k], fmt.Sprintf("%s.cidrs[%d]", field, k), "%s overlaps %s of the same site", c, c2)
+					d.Fail(at.node, at.field, "%s overlaps %s of the same site", c, c2)
 				}
 			}
 		}

@@ -26,6 +26,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"maps"
+	"math/bits"
 	"net/netip"
 	"slices"
 
@@ -175,6 +176,10 @@ type Table struct {
 	// until the first Sync, and after a failure or detected drift, which
 	// makes the next Sync rewrite the table whole.
 	applied *state
+	// written is the table's rules as the kernel returned them right
+	// after they were written, by chain: comment and a digest of the
+	// expressions read back. Verify compares later reads with it.
+	written map[string][]string
 }
 
 // New returns a Table for the namespace the options name (the current one
@@ -238,6 +243,9 @@ func (t *Table) Sync(p Program) (SyncStats, error) {
 		st.Full = true
 		t.applied = nil
 		if err := t.full(want); err != nil {
+			return st, err
+		}
+		if t.written, err = t.readRules(); err != nil {
 			return st, err
 		}
 	} else {
@@ -583,10 +591,12 @@ func digest(ru rule) string {
 }
 
 // Verify reports whether the kernel still holds what the last Sync wrote:
-// the base chains (type, hook, priority, policy), the rules in order
-// (recognised by the digests in their comments), and every element of
-// every map and set. If not, it forgets the applied state, so that the
-// next Sync rewrites the table whole. Without a Sync yet it reports false.
+// the table, not switched off (dormant); the base chains (type, hook,
+// priority, policy); the rules in order, each with its comment and, as far
+// as the nftables library decodes them, its expressions (rt and byteorder
+// it does not); and every element of every map and set. If not, it forgets
+// the applied state, so that the next Sync rewrites the table whole.
+// Without a Sync yet it reports false.
 func (t *Table) Verify() (bool, error) {
 	if t.applied == nil {
 		return false, nil
@@ -599,63 +609,73 @@ func (t *Table) Verify() (bool, error) {
 }
 
 func (t *Table) verify(s state) (bool, error) {
-	chains, err := t.conn.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+	tab, err := t.conn.ListTableOfFamily(TableName, nftables.TableFamilyIPv4)
 	if err != nil {
-		return false, fmt.Errorf("nat: list chains: %w", err)
+		return false, nil // gone
+	}
+	// NFTA_TABLE_FLAGS is big-endian, and google/nftables v0.3.0 decodes
+	// it in host order: look for the dormant bit either way.
+	if tab.Flags&unix.NFT_TABLE_F_DORMANT != 0 || bits.ReverseBytes32(tab.Flags)&unix.NFT_TABLE_F_DORMANT != 0 {
+		return false, nil // switched off
+	}
+	got, err := t.readRules()
+	if err != nil {
+		return false, nil
+	}
+	for _, sp := range chainSpecs {
+		if !slices.Equal(got[sp.name], t.written[sp.name]) {
+			return false, nil
+		}
+	}
+	if len(got) != len(chainSpecs) {
+		return false, nil // a chain more
 	}
 	ss := sets()
-	want := rules(s.tunnel, ss)
-	found := 0
+	// Elements: compare as sets of encoded (key, value, end) triples.
+	want := elementsOf(s)
+	for _, name := range setNames {
+		els, err := t.conn.GetSetElements(ss[name])
+		if err != nil {
+			return false, nil // the set is gone
+		}
+		if !sameElements(els, want[name]) {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// readRules reads the table's chains and rules: for each chain, a line per
+// rule of its comment and a digest of its expressions as the kernel returns
+// them. A chain whose type, hook, priority or policy is not the spec's
+// reads as "wrong chain".
+func (t *Table) readRules() (map[string][]string, error) {
+	chains, err := t.conn.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		return nil, fmt.Errorf("nat: list chains: %w", err)
+	}
+	out := map[string][]string{}
 	for _, ch := range chains {
 		if ch.Table.Name != TableName {
 			continue
 		}
-		found++
 		i := slices.IndexFunc(chainSpecs, func(sp chainSpec) bool { return sp.name == ch.Name })
 		if i < 0 || !chainSpecs[i].matches(ch) {
-			return false, nil
+			out[ch.Name] = []string{"wrong chain"}
+			continue
 		}
-		got, err := t.conn.GetRules(table, ch)
+		rules, err := t.conn.GetRules(table, ch)
 		if err != nil {
-			return false, fmt.Errorf("nat: list rules of %s: %w", ch.Name, err)
+			return nil, fmt.Errorf("nat: list rules of %s: %w", ch.Name, err)
 		}
-		var expect []string
-		for _, w := range want {
-			if w.chain == ch.Name {
-				expect = append(expect, w.comment)
-			}
+		lines := []string{}
+		for _, r := range rules {
+			comment, _ := userdata.GetString(r.UserData, userdata.TypeComment)
+			lines = append(lines, comment+" | "+digest(rule{chain: ch.Name, exprs: r.Exprs}))
 		}
-		if len(got) != len(expect) {
-			return false, nil
-		}
-		for i, r := range got {
-			if comment, _ := userdata.GetString(r.UserData, userdata.TypeComment); comment != expect[i] {
-				return false, nil
-			}
-		}
+		out[ch.Name] = lines
 	}
-	if found != len(chainSpecs) {
-		return false, nil
-	}
-	// Elements: compare as sets of encoded (key, value, end) triples.
-	for name, els := range elementsOf(s) {
-		got, err := t.conn.GetSetElements(ss[name])
-		if err != nil {
-			return false, nil // the set is gone
-		}
-		if !sameElements(got, els) {
-			return false, nil
-		}
-	}
-	for _, name := range setNames {
-		if _, has := elementsOf(s)[name]; !has {
-			got, err := t.conn.GetSetElements(ss[name])
-			if err != nil || len(realElements(got)) != 0 {
-				return false, nil
-			}
-		}
-	}
-	return true, nil
+	return out, nil
 }
 
 // realElements drops the zero end marker nft puts in front of interval
@@ -668,6 +688,9 @@ func realElements(els []nftables.SetElement) []nftables.SetElement {
 
 func sameElements(got, want []nftables.SetElement) bool {
 	got = realElements(got)
+	if len(want) == 0 {
+		return len(got) == 0
+	}
 	if len(got) != len(want) {
 		return false
 	}

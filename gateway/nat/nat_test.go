@@ -183,6 +183,8 @@ func TestVerifySeesDriftAndSyncRepairs(t *testing.T) {
 		{"destination added", []string{"add", "element", "ip", "strait", "translated_destinations", "{ 10.9.0.0/16 }"}},
 		{"rule added", []string{"add", "rule", "ip", "strait", "prerouting", "ip", "daddr", "242.0.0.9", "dnat", "to", "10.9.9.9"}},
 		{"policy changed", []string{"add", "chain", "ip", "strait", "forward", "{ type filter hook forward priority mangle; policy drop; }"}},
+		{"table switched off", []string{"add", "table", "ip", "strait", "{ flags dormant; }"}},
+		{"rule body replaced, comment kept", nil}, // below: needs the rule's handle
 	}
 	for _, d := range drifts {
 		t.Run(d.name, func(t *testing.T) {
@@ -191,7 +193,18 @@ func TestVerifySeesDriftAndSyncRepairs(t *testing.T) {
 				t.Fatal(err)
 			}
 			before := listing(t, ns)
-			nft(t, ns, d.nft...)
+			if d.nft == nil {
+				// Replace the first postrouting rule's body, keeping its
+				// comment, as `nft -f` of an edited listing would.
+				out := nft(t, ns, "-a", "list", "chain", "ip", "strait", "postrouting")
+				m := regexp.MustCompile(`comment "([^"]*)" # handle (\d+)`).FindStringSubmatch(out)
+				if m == nil {
+					t.Fatalf("no rule in:\n%s", out)
+				}
+				nft(t, ns, "replace", "rule", "ip", "strait", "postrouting", "handle", m[2], "oifname", `"wg-t-1"`, "accept", "comment", `"`+m[1]+`"`)
+			} else {
+				nft(t, ns, d.nft...)
+			}
 			if ok, err := tab.Verify(); err != nil || ok {
 				t.Fatalf("Verify after %q = %v, %v; want false", d.name, ok, err)
 			}

@@ -32,6 +32,7 @@ type Config struct {
 	Services []Service
 	Egress   Egress
 	Pods     []natpool.Pod
+	podsAt   []pos // where each pod's ip is
 }
 
 // Pool is a pool and where the file defines it.
@@ -65,6 +66,7 @@ type Port struct {
 type Egress struct {
 	Pool  string
 	Rules []Rule
+	at    pos // where pool is set, if it is
 }
 
 // Rule is an egress rule and where the file defines it.
@@ -182,6 +184,7 @@ func parse(d *yamlpos.Decoder, data []byte) *Config {
 		ef := d.Fields(n, "egress", "pool", "rules")
 		if v := ef["pool"]; v != nil {
 			c.Egress.Pool = name(d, v, "egress.pool")
+			c.Egress.at = here(v, "egress.pool")
 		}
 		if v := ef["rules"]; v != nil {
 			seen := map[string]int{}
@@ -205,6 +208,7 @@ func parse(d *yamlpos.Decoder, data []byte) *Config {
 			}
 			d.Require(pn, pf, field, "namespace", "name", "ip")
 			var p natpool.Pod
+			at := here(pn, field+".ip")
 			if v := pf["namespace"]; v != nil {
 				p.Namespace = name(d, v, field+".namespace")
 			}
@@ -212,6 +216,7 @@ func parse(d *yamlpos.Decoder, data []byte) *Config {
 				p.Name = name(d, v, field+".name")
 			}
 			if v := pf["ip"]; v != nil {
+				at = here(v, field+".ip")
 				p.IP = d.Addr(v, field+".ip")
 				if j, dup := seen[p.IP]; dup && p.IP.IsValid() {
 					d.Fail(v, field+".ip", "%s is also pods[%d]'s address", p.IP, j)
@@ -222,6 +227,7 @@ func parse(d *yamlpos.Decoder, data []byte) *Config {
 				p.Labels = d.StringMap(v, field+".labels")
 			}
 			c.Pods = append(c.Pods, p)
+			c.podsAt = append(c.podsAt, at)
 		}
 	}
 	return c
@@ -347,11 +353,16 @@ func (c *Config) Check(site string, block netip.Prefix, cidrs []netip.Prefix, ke
 		d.Errs = append(d.Errs, &yamlpos.Error{File: c.File, Line: at.line, Column: at.column, Field: at.field, Msg: fmt.Sprintf(format, args...)})
 	}
 	pools := c.EffectivePools(block)
-	// Check pool by pool, so each problem lands on its pool's line.
-	for i, p := range c.Pools {
+	// Check pool by pool, so each problem lands on its pool's line; the
+	// default pools, which no line defines, too.
+	for i, p := range pools {
+		at := pos{field: "pools (default)"}
+		if i < len(c.Pools) {
+			at = c.Pools[i].at
+		}
 		for _, err := range natpool.CheckPools(block, cidrs, keep, pools[:i+1]) {
 			if strings.HasPrefix(err.Error(), fmt.Sprintf("pool %q", p.Name)) {
-				fail(p.at, "%v", strings.TrimPrefix(err.Error(), fmt.Sprintf("pool %q: ", p.Name)))
+				fail(at, "%v", strings.TrimPrefix(err.Error(), fmt.Sprintf("pool %q: ", p.Name)))
 			}
 		}
 	}
@@ -383,13 +394,17 @@ func (c *Config) Check(site string, block netip.Prefix, cidrs []netip.Prefix, ke
 			fail(pos{s.at.field + ".backend", s.at.line, s.at.column}, "%s is not in %s's real CIDRs (%s)", s.Backend, site, prefixes(cidrs))
 		}
 	}
-	want(pos{"egress.pool", 0, 0}, c.Egress.Pool, natpool.Egress)
+	at := c.Egress.at
+	if at.field == "" {
+		at = pos{field: "egress.pool (default)"}
+	}
+	want(at, c.Egress.Pool, natpool.Egress)
 	for _, r := range c.Egress.Rules {
 		want(pos{r.at.field + ".pool", r.at.line, r.at.column}, r.Pool, natpool.Egress)
 	}
 	for i, p := range c.Pods {
 		if p.IP.IsValid() && !inside(p.IP) {
-			fail(pos{fmt.Sprintf("pods[%d].ip", i), 0, 0}, "%s is not in %s's real CIDRs (%s)", p.IP, site, prefixes(cidrs))
+			fail(c.podsAt[i], "%s is not in %s's real CIDRs (%s)", p.IP, site, prefixes(cidrs))
 		}
 	}
 	return d.Err()

@@ -94,8 +94,8 @@ func TestRefuses(t *testing.T) {
 		{"service twice", "services: [{namespace: d, name: w, backend: 10.0.1.1, ports: [{port: 1}]}, {namespace: d, name: w, backend: 10.0.1.2, ports: [{port: 1}]}]", `service d/w is exported twice`},
 		{"rule selects everything", "egress: {rules: [{name: all}]}", `selects every pod`},
 		{"rule names a missing pool", "egress: {rules: [{name: r, namespace: x, pool: nope}]}", `egress.rules[0].pool: pool "nope" does not exist`},
-		{"egress default an ingress pool", "egress: {pool: ingress}", `egress.pool: pool "ingress" is an ingress pool`},
-		{"pod outside the site", "pods: [{namespace: a, name: b, ip: 192.168.1.1}]", `pods[0].ip: 192.168.1.1 is not in cloud-b's real CIDRs`},
+		{"egress default an ingress pool", "egress: {pool: ingress}", `site.yaml:1:16: egress.pool: pool "ingress" is an ingress pool`},
+		{"pod outside the site", "pods: [{namespace: a, name: b, ip: 192.168.1.1}]", `site.yaml:1:36: pods[0].ip: 192.168.1.1 is not in cloud-b's real CIDRs`},
 		{"unknown field", "service: []", `unknown field (known fields: pools, holdDown, services, egress, pods)`},
 		{"bad hold-down", "holdDown: forever", `"forever" is not a duration`},
 	}

@@ -11,7 +11,6 @@ package kubestore
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -137,17 +136,24 @@ func (s *Store) Save(st natpool.State) error {
 	var out *corev1.ConfigMap
 	if s.version == "" {
 		out, err = cms.Create(ctx, cm, metav1.CreateOptions{})
-		if apierrors.IsAlreadyExists(err) {
-			return fmt.Errorf("kubestore: %s appeared since this gateway found none: another writer? Not overwriting it", s.Where())
-		}
 	} else {
 		out, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
-		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
-			return fmt.Errorf("kubestore: %s changed since this gateway read it (another gateway of site %s, or an edit): not overwriting it: %w",
-				s.Where(), s.Site, errors.Unwrap(err))
-		}
 	}
 	if err != nil {
+		// The write may have landed although the answer did not (a
+		// timeout), or landed before a retry conflicted with it: if the
+		// object holds exactly what was written, it is ours.
+		if now, gerr := cms.Get(ctx, s.name(), metav1.GetOptions{}); gerr == nil && now.Data[KeyState] == string(data) {
+			s.version, s.current = now.ResourceVersion, string(data)
+			return nil
+		}
+		switch {
+		case apierrors.IsAlreadyExists(err):
+			return fmt.Errorf("kubestore: %s appeared since this gateway found none: another writer? Not overwriting it: %w", s.Where(), err)
+		case apierrors.IsConflict(err) || apierrors.IsNotFound(err):
+			return fmt.Errorf("kubestore: %s changed since this gateway read it (another gateway of site %s, or an edit): not overwriting it: %w",
+				s.Where(), s.Site, err)
+		}
 		return fmt.Errorf("kubestore: write %s: %w", s.Where(), err)
 	}
 	s.version, s.current = out.ResourceVersion, string(data)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -77,8 +78,30 @@ func TestStoreOnARealAPIServer(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "changed since this gateway read it") {
 		t.Errorf("save over another writer's: %v", err)
 	}
+	if !apierrors.IsConflict(err) {
+		t.Errorf("the refusal does not wrap the API's conflict: %v", err)
+	}
 	if st, _ := (&Store{Client: c, Namespace: "strait-system", Site: "cloud-b"}).Load(); len(st.Allocations) != 3 {
 		t.Errorf("the other writer's state was overwritten: %d allocations", len(st.Allocations))
+	}
+
+	// A write that landed although its answer was lost: the store's
+	// version is stale, but the object holds exactly what it wrote.
+	s3 := &Store{Client: c, Namespace: "strait-system", Site: "cloud-b", Now: func() time.Time { return time.Unix(1, 0) }}
+	if _, err := s3.Load(); err != nil {
+		t.Fatal(err)
+	}
+	landed, _ := natpool.EncodeState("cloud-b", state(5), time.Unix(1, 0))
+	cm, _ = c.CoreV1().ConfigMaps("strait-system").Get(ctx, "strait-allocations-cloud-b", metav1.GetOptions{})
+	cm.Data[KeyState] = string(landed)
+	if _, err := c.CoreV1().ConfigMaps("strait-system").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s3.Save(state(5)); err != nil {
+		t.Errorf("saving what already landed: %v", err)
+	}
+	if err := s3.Save(state(6)); err != nil {
+		t.Errorf("the next save after adopting the landed write: %v", err)
 	}
 }
 
