@@ -29,9 +29,16 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	out, err := exec.Command("go", "build", "-o", dir+"/", "github.com/straitnet/strait/cmd/...").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "building the binaries: %v\n%s", err, out)
+	for _, pkg := range []string{"github.com/straitnet/strait/cmd/...", "golang.zx2c4.com/wireguard"} {
+		out, err := exec.Command("go", "build", "-o", dir+"/", pkg).CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "building %s: %v\n%s", pkg, err, out)
+			os.Exit(1)
+		}
+	}
+	// The upstream wireguard-go main package builds as "wireguard".
+	if err := os.Rename(filepath.Join(dir, "wireguard"), filepath.Join(dir, "wireguard-go")); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	bins.dir, bins.strait, bins.gateway = dir, filepath.Join(dir, "strait"), filepath.Join(dir, "strait-gateway")

@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -47,7 +46,7 @@ func runID(prefix string) string {
 
 func runTunnel(ctx context.Context, c Config) (Result, error) {
 	upstream := filepath.Join(c.BinDir, "wireguard-go")
-	want, err := ourWireGuardVersion()
+	want, err := wireGuardVersionOf(c.GatewayBin)
 	if err != nil {
 		return Result{}, err
 	}
@@ -197,19 +196,19 @@ func roundAll(xs []float64) []float64 {
 	return out
 }
 
-// ourWireGuardVersion is the golang.zx2c4.com/wireguard version this binary
-// was built with: the one in go.mod.
-func ourWireGuardVersion() (string, error) {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "", errors.New("bench tunnel: no build information in this binary")
+// wireGuardVersionOf is the golang.zx2c4.com/wireguard version a binary was
+// built with: for the gateway, the one in go.mod.
+func wireGuardVersionOf(path string) (string, error) {
+	bi, err := buildinfo.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("bench tunnel: %s: %w", path, err)
 	}
 	for _, d := range bi.Deps {
 		if d.Path == wireguardModule {
 			return d.Version, nil
 		}
 	}
-	return "", fmt.Errorf("bench tunnel: this binary does not include %s", wireguardModule)
+	return "", fmt.Errorf("bench tunnel: %s does not include %s", path, wireguardModule)
 }
 
 // checkUpstream makes sure the baseline binary is wireguard-go's own main
@@ -235,7 +234,7 @@ func checkUpstream(path, want string) error {
 }
 
 func startIperfServer(l *lab.Lab, host string) error {
-	cmd, err := l.Command(host, "iperf3", "-s", "-p", "5201")
+	cmd, err := l.Command(host, "iperf3", "-s", "-p", fmt.Sprint(lab.IperfPort))
 	if err != nil {
 		return err
 	}
@@ -263,7 +262,7 @@ func iperfPods(ctx context.Context, l *lab.Lab, from, to string, secs int) (floa
 func iperf(ctx context.Context, ns netns.NS, target netip.Addr, secs int) (float64, error) {
 	var last error
 	for try := 0; try < 30; try++ {
-		cmd := ns.Command("iperf3", "-c", target.String(), "-p", "5201", "-t", fmt.Sprint(secs), "-O", "1", "-J")
+		cmd := ns.Command("iperf3", "-c", target.String(), "-p", fmt.Sprint(lab.IperfPort), "-t", fmt.Sprint(secs), "-O", "1", "-J")
 		out, err := cmd.Output()
 		var res struct {
 			Error string `json:"error"`
@@ -336,7 +335,7 @@ func rawVeth(ctx context.Context, secs int) (_ float64, err error) {
 			return 0, err
 		}
 	}
-	srv := b.Command("iperf3", "-s", "-p", "5201")
+	srv := b.Command("iperf3", "-s", "-p", fmt.Sprint(lab.IperfPort))
 	if err := srv.Start(); err != nil {
 		return 0, err
 	}

@@ -386,6 +386,10 @@ func (l *Lab) SiteFile(site string) string { return filepath.Join(l.Dir, site, "
 // on: traffic to it draws an ICMP port unreachable from the pod.
 const ClosedPort = 7779
 
+// IperfPort is iperf3's port, which every pod's service exports too, for
+// throughput measurements across sites.
+const IperfPort = 5201
+
 // SiteDoc is a site file as the lab writes it (see siteconf).
 type SiteDoc struct {
 	Services []ServiceDoc `yaml:"services,omitempty"`
@@ -418,8 +422,9 @@ type PodDoc struct {
 }
 
 // siteDoc is the site file of a site: every pod exports a service of its
-// own name (the lab server's TCP and UDP port, and a closed UDP port), the
-// topology's egress rules, and the pods they select from.
+// own name (the lab server's TCP and UDP port, a closed UDP port, and
+// iperf3's port), the topology's egress rules, and the pods they select
+// from.
 func (l *Lab) siteDoc(s Site) SiteDoc {
 	var doc SiteDoc
 	doc.Egress.Rules = s.Egress
@@ -428,7 +433,7 @@ func (l *Lab) siteDoc(s Site) SiteDoc {
 			continue
 		}
 		doc.Services = append(doc.Services, ServiceDoc{Namespace: h.PodNamespace, Name: h.Service(), Backend: h.Addr.String(),
-			Ports: []PortDoc{{ServePort, "TCP"}, {ServePort, "UDP"}, {ClosedPort, "UDP"}}})
+			Ports: []PortDoc{{ServePort, "TCP"}, {ServePort, "UDP"}, {ClosedPort, "UDP"}, {IperfPort, "TCP"}}})
 		doc.Pods = append(doc.Pods, PodDoc{Namespace: h.PodNamespace, Name: h.Service(), IP: h.Addr.String(), Labels: h.Labels})
 	}
 	return doc
