@@ -81,6 +81,8 @@ type Catalog struct {
 
 	mu      sync.Mutex // guards the fields below
 	records map[Key]Record
+	// sums summarise each owner's records, kept with every write.
+	sums map[string]OwnerSum
 	// pending are verified-for-shape records whose owner's certificate
 	// is not known yet, by owner.
 	pending map[string]map[Key]Record
@@ -101,7 +103,7 @@ func New(opts Options) (*Catalog, error) {
 	}
 	return &Catalog{
 		opts: opts, self: opts.Identity.Cert.Cluster, clock: Clock{Now: opts.Now},
-		records: map[Key]Record{}, pending: map[string]map[Key]Record{}, alive: map[string]bool{},
+		records: map[Key]Record{}, sums: map[string]OwnerSum{}, pending: map[string]map[Key]Record{}, alive: map[string]bool{},
 		stats: Stats{Rejected: map[string]uint64{}}, changed: make(chan struct{}),
 	}, nil
 }
@@ -152,6 +154,12 @@ func (c *Catalog) merge(r Record) (*Record, error) {
 	if VersionTime(r.Version).After(now.Add(c.opts.MaxSkew)) {
 		return nil, reject(RejectFuture, r.Key, "version of %s is beyond the allowed skew of %s", VersionTime(r.Version).UTC().Format(time.RFC3339), c.opts.MaxSkew)
 	}
+	if r.Deleted && VersionTime(r.Version).Before(now.Add(-c.opts.TombstoneTTL)) {
+		// A tombstone this catalog may already have forgotten (Expire):
+		// taken back, it would bounce between members forever.
+		c.stats.Stale++
+		return nil, nil
+	}
 	if r.Owner == c.self {
 		return c.mergeOwn(r)
 	}
@@ -186,7 +194,7 @@ func (c *Catalog) merge(r Record) (*Record, error) {
 	if !r.verify(key) {
 		return nil, reject(RejectForged, r.Key, "the signature is not %s's", r.Owner)
 	}
-	c.records[r.Key] = r
+	c.put(r)
 	c.stats.Accepted++
 	if r.Kind == KindCluster {
 		c.release(r.Owner)
@@ -215,7 +223,7 @@ func (c *Catalog) mergeOwn(r Record) (*Record, error) {
 	c.clock.Observe(r.Version)
 	next.Version = c.clock.Next()
 	next.Sign(c.opts.Identity.Key)
-	c.records[r.Key] = next
+	c.put(next)
 	return &next, nil
 }
 
@@ -295,7 +303,7 @@ func (c *Catalog) Publish(cluster Cluster, services []Service) ([]Record, error)
 		if err := r.check(); err != nil {
 			return err
 		}
-		c.records[r.Key] = r
+		c.put(r)
 		out = append(out, r)
 		return nil
 	}
@@ -340,7 +348,7 @@ func (c *Catalog) Expire() int {
 	cutoff := c.opts.Now().Add(-c.opts.TombstoneTTL)
 	for k, r := range c.records {
 		if r.Deleted && VersionTime(r.Version).Before(cutoff) {
-			delete(c.records, k)
+			c.remove(k)
 			n++
 		}
 	}
@@ -355,6 +363,84 @@ func (c *Catalog) SetAlive(owner string, alive bool) {
 		c.alive[owner] = alive
 		c.notify()
 	}
+}
+
+// put stores a record; c.mu is held.
+func (c *Catalog) put(r Record) {
+	c.remove(r.Key)
+	c.records[r.Key] = r
+	s := c.sums[r.Owner]
+	s.Records++
+	s.Sum += r.digest()
+	c.sums[r.Owner] = s
+}
+
+// remove forgets a record; c.mu is held.
+func (c *Catalog) remove(k Key) {
+	old, ok := c.records[k]
+	if !ok {
+		return
+	}
+	delete(c.records, k)
+	s := c.sums[k.Owner]
+	s.Records--
+	s.Sum -= old.digest()
+	if s.Records == 0 {
+		delete(c.sums, k.Owner)
+	} else {
+		c.sums[k.Owner] = s
+	}
+}
+
+// OwnerSum summarises the records of one owner: two catalogs with equal
+// sums for an owner hold the same records of it (to the odds of a 64-bit
+// hash collision). Anti-entropy compares sums and exchanges only the
+// records of owners whose sums differ, instead of whole catalogs.
+type OwnerSum struct {
+	Records int    `json:"n"`
+	Sum     uint64 `json:"s"`
+}
+
+// Digest is the sums of every owner a catalog holds records of.
+type Digest map[string]OwnerSum
+
+// Digest returns the catalog's digest.
+func (c *Catalog) Digest() Digest {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.sums)
+}
+
+// RecordsOf returns the records of the given owners, tombstones included.
+func (c *Catalog) RecordsOf(owners ...string) []Record {
+	want := map[string]bool{}
+	for _, o := range owners {
+		want[o] = true
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []Record
+	for k, r := range c.records {
+		if want[k.Owner] {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// Get returns the record of a key, a tombstone included.
+func (c *Catalog) Get(k Key) (Record, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r, ok := c.records[k]
+	return r, ok
+}
+
+// Alive says whether gossip sees an owner as up (this cluster always is).
+func (c *Catalog) Alive(owner string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return owner == c.self || c.alive[owner]
 }
 
 // Records returns every record, tombstones included: the state exchanged

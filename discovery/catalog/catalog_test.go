@@ -293,6 +293,92 @@ func TestTombstonesWinAndExpire(t *testing.T) {
 	if n := b.Expire(); n != 1 {
 		t.Errorf("expired %d tombstones after the TTL, want 1", n)
 	}
+	// A member that still gossips the forgotten tombstone does not bring
+	// it back: it would bounce between members forever.
+	stale := b.Stats().Stale
+	if _, err := b.Merge(second[0]); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := b.Get(second[0].Key); ok {
+		t.Error("an expired tombstone was taken back")
+	}
+	if b.Stats().Stale != stale+1 {
+		t.Errorf("the expired tombstone was not counted as stale")
+	}
+}
+
+func TestDigestsFollowEveryWrite(t *testing.T) {
+	m := newMesh(t)
+	a, b, c := m.catalog(t, "cloud-a"), m.catalog(t, "cloud-b"), m.catalog(t, "onprem")
+	ra, _ := a.Publish(cluster("cloud-a"), []Service{svc("web", "242.0.128.1", 1), svc("db", "242.0.128.2", 1)})
+	rb, _ := b.Publish(cluster("cloud-b"), []Service{svc("web", "242.1.128.1", 1)})
+	deliver(t, c, ra)
+	deliver(t, c, rb)
+	deliver(t, b, ra)
+	if got, want := c.Digest()["cloud-a"], b.Digest()["cloud-a"]; got != want || got.Records != 3 {
+		t.Fatalf("same records of cloud-a, different sums: %v and %v", got, want)
+	}
+	if got, want := c.Digest()["cloud-b"], b.Digest()["cloud-b"]; got != want {
+		t.Fatalf("same records of cloud-b, different sums: %v and %v", got, want)
+	}
+	if _, ok := a.Digest()["cloud-b"]; ok {
+		t.Fatal("a digest names an owner the catalog holds nothing of")
+	}
+
+	// A new version changes the sum although the count stays; delivering
+	// it makes the sums equal again.
+	m.now = m.now.Add(time.Second)
+	ra2, _ := a.Publish(cluster("cloud-a"), []Service{svc("web", "242.0.128.1", 3), svc("db", "242.0.128.2", 1)})
+	if a.Digest()["cloud-a"] == c.Digest()["cloud-a"] {
+		t.Fatal("a changed record left the sum as it was")
+	}
+	deliver(t, c, ra2)
+	if a.Digest()["cloud-a"] != c.Digest()["cloud-a"] {
+		t.Fatalf("sums differ after the change arrived: %v and %v", a.Digest()["cloud-a"], c.Digest()["cloud-a"])
+	}
+
+	// RecordsOf holds just the owners asked for, tombstones included.
+	m.now = m.now.Add(time.Second)
+	del, _ := a.Publish(cluster("cloud-a"), []Service{svc("web", "242.0.128.1", 3)})
+	deliver(t, c, del)
+	got := c.RecordsOf("cloud-a")
+	if len(got) != 3 {
+		t.Fatalf("RecordsOf(cloud-a) = %d records, want 3 (cluster, web, db's tombstone)", len(got))
+	}
+	for _, r := range got {
+		if r.Owner != "cloud-a" {
+			t.Errorf("RecordsOf(cloud-a) returned %s", r.Key)
+		}
+	}
+	if r, ok := c.Get(del[0].Key); !ok || !r.Deleted {
+		t.Errorf("Get(%s) = %v, %v; want the tombstone", del[0].Key, r, ok)
+	}
+
+	// Expiring the tombstone takes it out of the sum.
+	m.now = m.now.Add(25 * time.Hour)
+	c.Expire()
+	if s := c.Digest()["cloud-a"]; s.Records != 2 {
+		t.Errorf("after expiry the sum counts %d records, want 2", s.Records)
+	}
+}
+
+func TestAlive(t *testing.T) {
+	m := newMesh(t)
+	a := m.catalog(t, "cloud-a")
+	if !a.Alive("cloud-a") {
+		t.Error("a cluster does not see itself alive")
+	}
+	if a.Alive("cloud-b") {
+		t.Error("an unknown cluster is alive")
+	}
+	a.SetAlive("cloud-b", true)
+	if !a.Alive("cloud-b") {
+		t.Error("SetAlive(true) did not take")
+	}
+	a.SetAlive("cloud-b", false)
+	if a.Alive("cloud-b") {
+		t.Error("SetAlive(false) did not take")
+	}
 }
 
 func TestPreviousLifeIsSuperseded(t *testing.T) {

@@ -14,8 +14,10 @@ package catalog
 import (
 	"bytes"
 	"crypto/ed25519"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
 	"net/netip"
 	"strings"
 	"time"
@@ -122,6 +124,17 @@ func (r Record) signed() []byte {
 	r.Sig = nil
 	b, _ := json.Marshal(r)
 	return append([]byte("strait-record-v1\n"), b...)
+}
+
+// digest identifies this write of the record, for OwnerSum.
+func (r Record) digest() uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(r.Key.String()))
+	var v [8]byte
+	binary.BigEndian.PutUint64(v[:], r.Version)
+	h.Write(v[:])
+	h.Write(r.Sig)
+	return h.Sum64()
 }
 
 // Sign signs the record with the owner's key.
