@@ -10,8 +10,9 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"time"
+
+	"github.com/straitnet/strait/internal/atomicfile"
 )
 
 // Store keeps a site's allocations across restarts.
@@ -143,7 +144,7 @@ func EncodeState(site string, st State, now time.Time) ([]byte, error) {
 }
 
 // Save writes the state durably; the file it replaces becomes FILE.prev.
-func (s *FileStore) Save(st State) (err error) {
+func (s *FileStore) Save(st State) error {
 	now := time.Now
 	if s.Now != nil {
 		now = s.Now
@@ -151,29 +152,6 @@ func (s *FileStore) Save(st State) (err error) {
 	data, err := EncodeState(s.Site, st, now())
 	if err != nil {
 		return err
-	}
-	dir := filepath.Dir(s.Path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("natpool: %w", err)
-	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(s.Path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("natpool: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if _, err := tmp.Write(data); err != nil {
-		return fmt.Errorf("natpool: write %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("natpool: sync %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("natpool: %w", err)
 	}
 	// Keep the current file, known good (it loaded or was written by us),
 	// as the previous copy.
@@ -183,16 +161,8 @@ func (s *FileStore) Save(st State) (err error) {
 			return fmt.Errorf("natpool: keep previous copy: %w", err)
 		}
 	}
-	if err := os.Rename(tmp.Name(), s.Path); err != nil {
+	if err := atomicfile.Write(s.Path, data, 0o600, false); err != nil {
 		return fmt.Errorf("natpool: %w", err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("natpool: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("natpool: sync %s: %w", dir, err)
 	}
 	return nil
 }

@@ -12,10 +12,11 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/straitnet/strait/internal/atomicfile"
 )
 
 // FileName is the key's file name inside a gateway's state directory.
@@ -62,46 +63,9 @@ func LoadOrCreate(path string) (key wgtypes.Key, created bool, err error) {
 // writeAtomic writes data to path with mode 0600 so that a crash leaves
 // either no file or the whole file: write a temporary file, fsync it,
 // rename it into place, fsync the directory. It refuses to overwrite.
-func writeAtomic(path string, data []byte) (err error) {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+func writeAtomic(path string, data []byte) error {
+	if err := atomicfile.Write(path, data, 0o600, true); err != nil {
 		return fmt.Errorf("wgkey: %w", err)
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("wgkey: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if err := f.Chmod(0o600); err != nil {
-		return fmt.Errorf("wgkey: %w", err)
-	}
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("wgkey: write %s: %w", f.Name(), err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("wgkey: sync %s: %w", f.Name(), err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("wgkey: %w", err)
-	}
-	// Link, unlike rename, fails if path appeared meanwhile: never
-	// overwrite a key another process just made.
-	if err := os.Link(f.Name(), path); err != nil {
-		return fmt.Errorf("wgkey: store %s: %w", path, err)
-	}
-	os.Remove(f.Name())
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("wgkey: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("wgkey: sync %s: %w", dir, err)
 	}
 	return nil
 }
