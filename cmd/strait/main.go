@@ -26,8 +26,12 @@ Usage:
   strait config wg-quick SITE [--mesh FILE] [--private-key-file PATH]
                                                             wg-quick configuration for a plain WireGuard site
   strait config check [--mesh FILE]                         validate a mesh configuration
+  strait ca init [--out FILE]                               make the mesh's CA key; prints its public key
+  strait ca issue CLUSTER --block PREFIX [--ca FILE] [--out FILE]
+                                                            a cluster's identity (certificate and signing key)
+  strait ca gossip-key                                      a random key for discovery.gossipKeys
   strait status [--socket PATH] [--json]                    a gateway's status
-  strait bench NAME                                         run a benchmark (NAME: tunnel); one JSON line
+  strait bench NAME [flags]                                 run a benchmark (tunnel, nat-sync, nat-lookup, gossip, dns); one JSON line
   strait version
 
 Run 'strait COMMAND SUBCOMMAND -h' for the flags of each.
@@ -44,6 +48,8 @@ func main() {
 		err = labCmd(os.Args[2:])
 	case "config":
 		err = configCmd(os.Args[2:])
+	case "ca":
+		err = caCmd(os.Args[2:], os.Stdout)
 	case "status":
 		err = statusCmd(os.Args[2:])
 	case "bench":
