@@ -8,6 +8,8 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/straitnet/strait/discovery/catalog"
+	"github.com/straitnet/strait/discovery/kubesource"
 	"github.com/straitnet/strait/gateway/meshconf"
 	"github.com/straitnet/strait/gateway/nat"
 	"github.com/straitnet/strait/gateway/siteconf"
@@ -32,6 +34,15 @@ type desired struct {
 	translated []netip.Prefix
 	// pairs is how traffic flows between every two sites of the mesh.
 	pairs []natpool.Pair
+	// self is this site, as the mesh file (and the catalog) know it;
+	// discovery the mesh file's discovery section, if any.
+	self      meshconf.Site
+	discovery *meshconf.Discovery
+	// exports are the services published in the catalog, without their
+	// ingress addresses (allocated later); problems say which inputs
+	// were left out, and why.
+	exports  []catalog.Service
+	problems []string
 }
 
 // derive computes the desired state of site self. It refuses a mesh in
@@ -58,12 +69,14 @@ func derive(m *meshconf.Mesh, sc *siteconf.Config, self string, key wgtypes.Key,
 			Address:    me.TunnelAddr(),
 			Mesh:       m.GlobalCIDR,
 		},
-		iface:    iface,
-		block:    me.Block,
-		pools:    sc.EffectivePools(me.Block),
-		holdDown: sc.HoldDown,
-		services: sc.Services,
-		cidrs:    me.CIDRs,
+		iface:     iface,
+		block:     me.Block,
+		pools:     sc.EffectivePools(me.Block),
+		holdDown:  sc.HoldDown,
+		services:  slices.Clone(sc.Services),
+		cidrs:     me.CIDRs,
+		self:      *me,
+		discovery: m.Discovery,
 	}
 	var peers []natpool.Site
 	for _, p := range m.Peers(self) {
@@ -80,6 +93,9 @@ func derive(m *meshconf.Mesh, sc *siteconf.Config, self string, key wgtypes.Key,
 	d.pairs = natpool.Matrix(m.Plan())
 	for _, s := range sc.Services {
 		d.requests = append(d.requests, natpool.Request{Key: natpool.IngressKey(s.Namespace, s.Name), Pool: s.Pool, Kind: natpool.Ingress})
+		// A service of the site file has no health the gateway knows
+		// of: it is published as ready.
+		d.exports = append(d.exports, catalog.Service{Namespace: s.Namespace, Name: s.Name, Ports: catalogPorts(s.Ports), Ready: 1})
 	}
 	if len(me.CIDRs) > 0 {
 		d.requests = append(d.requests, natpool.Request{Key: natpool.EgressDefaultKey(), Pool: sc.Egress.Pool, Kind: natpool.Egress})
@@ -89,6 +105,55 @@ func derive(m *meshconf.Mesh, sc *siteconf.Config, self string, key wgtypes.Key,
 	}
 	d.egressPods = natpool.CompileEgress(sc.Rules(), sc.Pods)
 	return d, nil
+}
+
+// catalogPorts are a site file service's ports as the catalog lists them.
+func catalogPorts(ps []siteconf.Port) []catalog.Port {
+	var out []catalog.Port
+	for _, p := range ps {
+		out = append(out, catalog.Port{Protocol: siteconf.ProtoName(p.Protocol), Port: p.Port})
+	}
+	return out
+}
+
+// addExports adds the services the cluster's ServiceExports export: each
+// gets an ingress address from the default ingress pool, translated to its
+// ClusterIP; headless ones publish their endpoints and get no address. A
+// service the site file exports too stays the file's. Ports other than
+// TCP and UDP are published but not translated.
+func addExports(d *desired, exports []kubesource.Export) {
+	file := map[string]bool{}
+	for _, s := range d.services {
+		file[s.Namespace+"/"+s.Name] = true
+	}
+	for _, e := range exports {
+		if file[e.Namespace+"/"+e.Name] {
+			d.problems = append(d.problems, fmt.Sprintf("service %s/%s is exported by the site file and by a ServiceExport; the site file's is published", e.Namespace, e.Name))
+			continue
+		}
+		cs := catalog.Service{Namespace: e.Namespace, Name: e.Name, Ports: e.Ports, Ready: e.Ready}
+		if e.Headless {
+			cs.Headless, cs.Endpoints = true, e.Endpoints
+			d.exports = append(d.exports, cs)
+			continue
+		}
+		svc := siteconf.Service{Namespace: e.Namespace, Name: e.Name, Backend: e.ClusterIP, Pool: natpool.DefaultIngressPool}
+		for _, p := range e.Ports {
+			var proto uint8
+			switch p.Protocol {
+			case "TCP", "":
+				proto = 6
+			case "UDP":
+				proto = 17
+			default:
+				continue
+			}
+			svc.Ports = append(svc.Ports, siteconf.Port{Protocol: proto, Port: p.Port, TargetPort: p.Port})
+		}
+		d.services = append(d.services, svc)
+		d.requests = append(d.requests, natpool.Request{Key: natpool.IngressKey(e.Namespace, e.Name), Pool: svc.Pool, Kind: natpool.Ingress})
+		d.exports = append(d.exports, cs)
+	}
 }
 
 // program compiles the translation from the desired state and the

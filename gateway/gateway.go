@@ -16,16 +16,21 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+	"k8s.io/client-go/kubernetes"
+	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
+	"github.com/straitnet/strait/discovery/kubesource"
 	"github.com/straitnet/strait/gateway/meshconf"
 	"github.com/straitnet/strait/gateway/nat"
 	"github.com/straitnet/strait/gateway/siteconf"
@@ -64,6 +69,16 @@ type Options struct {
 	// Store keeps the allocations; default a natpool.FileStore of
 	// AllocationsName in StateDir.
 	Store natpool.Store
+	// Kube, when set, is the cluster's API: with a discovery section in
+	// the mesh file, the gateway exports what ServiceExports name and
+	// keeps ServiceImports of what other clusters export.
+	Kube *KubeClients
+}
+
+// KubeClients are the clients of the cluster's API the gateway uses.
+type KubeClients struct {
+	Kube kubernetes.Interface
+	MCS  mcsclient.Interface
 }
 
 // DefaultStateDir is where a gateway keeps its key, allocations and socket.
@@ -131,6 +146,12 @@ type Gateway struct {
 	engine engine
 	nat    natTable
 	store  natpool.Store
+	// disc is the gateway's part in the catalog, if the mesh file had a
+	// discovery section at start.
+	disc *discovery
+	// kick asks the loop for a pass at once (the catalog or the
+	// cluster's exports changed).
+	kick chan struct{}
 
 	mu sync.Mutex // guards the fields below
 	// wanted is the last valid configuration read from the files;
@@ -154,6 +175,8 @@ type Gateway struct {
 	configErr, applyErr Problem
 	drifts              int
 	ready               bool
+	// publishErr says why the last publication in the catalog failed.
+	publishErr string
 }
 
 // Problem is an error the gateway reports in its status until it clears.
@@ -203,6 +226,12 @@ func Start(ctx context.Context, opts Options) (*Gateway, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway: configuration refused:\n%w", err)
 	}
+	var disc *discovery
+	if want.discovery != nil {
+		if disc, err = startDiscovery(opts, log, want.discovery, &want.self); err != nil {
+			return nil, fmt.Errorf("gateway: %w", err)
+		}
+	}
 	store := opts.Store
 	if store == nil {
 		store = &natpool.FileStore{Path: filepath.Join(opts.StateDir, AllocationsName), Site: opts.Site, Now: opts.Now}
@@ -211,14 +240,21 @@ func Start(ctx context.Context, opts Options) (*Gateway, error) {
 		Interface: opts.Interface, Mode: opts.WireGuard, WireGuardGo: opts.WireGuardGo, Logger: opts.Logger,
 	})
 	if err != nil {
+		if disc != nil {
+			disc.close()
+		}
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	tab, err := nat.New()
 	if err != nil {
 		eng.Close()
+		if disc != nil {
+			disc.close()
+		}
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	g := newGateway(opts, log, key, eng, tab, store)
+	g.disc = disc
 	if err := g.start(ctx, want, h); err != nil {
 		g.Close()
 		return nil, err
@@ -229,7 +265,7 @@ func Start(ctx context.Context, opts Options) (*Gateway, error) {
 }
 
 func newGateway(opts Options, log *slog.Logger, key wgtypes.Key, eng engine, tab natTable, store natpool.Store) *Gateway {
-	return &Gateway{opts: opts, log: log, key: key, engine: eng, nat: tab, store: store}
+	return &Gateway{opts: opts, log: log, key: key, engine: eng, nat: tab, store: store, kick: make(chan struct{}, 1)}
 }
 
 // readConfig reads and derives both files, and hashes their contents.
@@ -238,7 +274,31 @@ func readConfig(opts Options, key wgtypes.Key) (desired, string, error) {
 	if err != nil {
 		return desired{}, "", err
 	}
-	return parseConfig(opts, key, meshData, siteData)
+	return parseConfig(opts, key, meshData, siteData, inputs{})
+}
+
+// inputs are what a configuration derives from besides the files: the
+// sites the catalog knows and the services the cluster exports.
+type inputs struct {
+	Learned []meshconf.Site     `json:"learned,omitempty"`
+	Exports []kubesource.Export `json:"exports,omitempty"`
+}
+
+// inputs returns the current inputs; none without discovery.
+func (g *Gateway) inputs() inputs {
+	if g.disc == nil {
+		return inputs{}
+	}
+	in := inputs{Learned: learned(g.disc.cat.Snapshot())}
+	if g.disc.kube != nil && g.disc.kube.Synced() {
+		in.Exports = g.disc.kube.Exports()
+	}
+	return in
+}
+
+func (in inputs) encode() []byte {
+	b, _ := json.Marshal(in)
+	return b
 }
 
 func readFiles(opts Options) (mesh, site []byte, err error) {
@@ -253,11 +313,15 @@ func readFiles(opts Options) (mesh, site []byte, err error) {
 	return mesh, site, nil
 }
 
-func parseConfig(opts Options, key wgtypes.Key, meshData, siteData []byte) (desired, string, error) {
-	h := hash(meshData, siteData)
+func parseConfig(opts Options, key wgtypes.Key, meshData, siteData []byte, in inputs) (desired, string, error) {
+	h := hash(meshData, siteData, in.encode())
 	m, err := meshconf.Parse(opts.MeshFile, meshData)
 	if err != nil {
 		return desired{}, h, err
+	}
+	var problems []string
+	if m.Discovery != nil {
+		m, problems = m.WithLearned(in.Learned)
 	}
 	sc := siteconf.Empty()
 	if opts.SiteFile != "" {
@@ -269,6 +333,8 @@ func parseConfig(opts Options, key wgtypes.Key, meshData, siteData []byte) (desi
 	if err != nil {
 		return desired{}, h, fmt.Errorf("%s: %w", opts.MeshFile, err)
 	}
+	want.problems = problems
+	addExports(&want, in.Exports)
 	return want, h, nil
 }
 
@@ -293,6 +359,9 @@ func (g *Gateway) start(ctx context.Context, want desired, h string) error {
 	if err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
+	if err := g.publish(want); err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.wanted, g.wantedHash, g.current, g.currentHash, g.seenHash = want, h, want, h, h
@@ -303,7 +372,39 @@ func (g *Gateway) start(ctx context.Context, want desired, h string) error {
 // Close stops the device. The NAT table stays: conntrack and the table keep
 // established flows translated while the gateway restarts.
 func (g *Gateway) Close() error {
+	if g.disc != nil {
+		g.disc.close()
+	}
 	return errors.Join(g.nat.Close(), g.engine.Close())
+}
+
+// publish puts this site and its exports in the catalog, with the
+// addresses allocated; nothing without discovery.
+func (g *Gateway) publish(want desired) error {
+	if g.disc == nil {
+		return nil
+	}
+	lookup := func(k string) (netip.Addr, bool) {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return g.alloc.Lookup(k)
+	}
+	err := g.disc.publish(want, &want.self, g.key.PublicKey(), lookup)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.publishErr = ""
+	if err != nil {
+		g.publishErr = err.Error()
+	}
+	return err
+}
+
+// kicked asks the loop for a pass; a pass already asked for is enough.
+func (g *Gateway) kicked() {
+	select {
+	case g.kick <- struct{}{}:
+	default:
+	}
 }
 
 // Loop reconciles until ctx ends: on every tick and every reload it reads
@@ -314,6 +415,15 @@ func (g *Gateway) Loop(ctx context.Context, reload <-chan struct{}) error {
 		return err
 	}
 	defer srv.Close()
+	var wg sync.WaitGroup
+	ctx, cancel := context.WithCancel(ctx)
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	if g.disc != nil {
+		g.disc.run(ctx, &wg, g.kicked)
+	}
 	t := time.NewTicker(g.opts.Interval)
 	defer t.Stop()
 	for {
@@ -323,6 +433,7 @@ func (g *Gateway) Loop(ctx context.Context, reload <-chan struct{}) error {
 			return nil
 		case <-reload:
 			g.log.Info("reload requested")
+		case <-g.kick:
 		case <-t.C:
 		}
 		g.reconcile(ctx)
@@ -340,7 +451,8 @@ func (g *Gateway) reconcile(ctx context.Context) {
 	allocErr := g.allocate(want)
 	engineErr := g.engine.Apply(ctx, want.tunnel)
 	prog, natErr := g.syncNAT(want)
-	err := errors.Join(allocErr, engineErr, natErr)
+	pubErr := g.publish(want)
+	err := errors.Join(allocErr, engineErr, natErr, pubErr)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if natErr == nil {
@@ -367,13 +479,14 @@ func (g *Gateway) reconcile(ctx context.Context) {
 // theirs, if they are valid, else the last valid one.
 func (g *Gateway) next() (desired, string) {
 	meshData, siteData, err := readFiles(g.opts)
+	in := g.inputs()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if err != nil {
 		g.refuse(Problem{Msg: fmt.Sprintf("%v; keeping the last good configuration", err), At: g.opts.Now()})
 		return g.wanted, g.wantedHash
 	}
-	h := hash(meshData, siteData)
+	h := hash(meshData, siteData, in.encode())
 	switch h {
 	case g.wantedHash:
 		// Unchanged, or back to it after a bad edit.
@@ -384,8 +497,9 @@ func (g *Gateway) next() (desired, string) {
 		return g.wanted, g.wantedHash
 	}
 	g.seenHash = h
-	want, _, err := parseConfig(g.opts, g.key, meshData, siteData)
+	want, _, err := parseConfig(g.opts, g.key, meshData, siteData, in)
 	if err == nil {
+		g.takeDiscovery(want)
 		g.log.Info("configuration changed", "config", short(h), "peers", len(want.tunnel.Peers), "services", len(want.services))
 		g.wanted, g.wantedHash = want, h
 		g.seenErr, g.configErr = Problem{}, Problem{}

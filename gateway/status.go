@@ -51,6 +51,8 @@ type Status struct {
 	Allocations []natpool.Allocation `json:"allocations"`
 	NAT         NATStatus            `json:"nat"`
 	Tunnel      tunnel.Status        `json:"tunnel"`
+	// Discovery is the catalog and its gossip, with a discovery section.
+	Discovery *DiscoveryStatus `json:"discovery,omitempty"`
 }
 
 // Path is how traffic flows between this site and a peer.
@@ -94,6 +96,13 @@ func (g *Gateway) Status() Status {
 		st.ApplyError = &p
 	}
 	st.Conditions = append(st.Conditions, g.allocErrs...)
+	st.Conditions = append(st.Conditions, g.wanted.problems...)
+	if g.publishErr != "" {
+		st.Conditions = append(st.Conditions, g.publishErr)
+	}
+	if g.disc == nil && g.wanted.discovery != nil {
+		st.Conditions = append(st.Conditions, "the mesh file has a discovery section now: restart the gateway to join the catalog")
+	}
 	if g.alloc != nil {
 		for _, o := range g.alloc.Orphans() {
 			st.Conditions = append(st.Conditions, fmt.Sprintf("%s keeps %s, which no pool holds any more (pool %q changed); it moves when %s goes", o.Key, o.IP, o.Pool, o.Key))
@@ -118,6 +127,9 @@ func (g *Gateway) Status() Status {
 		st.NAT.Translated = append(st.NAT.Translated, d.String())
 	}
 	g.mu.Unlock()
+	if g.disc != nil {
+		st.Discovery = g.disc.status()
+	}
 	ts, err := g.engine.Status()
 	if err != nil {
 		st.Ready = false

@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
 	"github.com/straitnet/strait/gateway"
 	"github.com/straitnet/strait/gateway/tunnel"
@@ -104,7 +105,8 @@ func run(args []string) error {
 	fs.IntVar(&o.MTU, "mtu", 0, "tunnel MTU; 0 derives it from the underlay MTU less the WireGuard overhead")
 	fs.DurationVar(&o.Interval, "interval", 0, "how often to re-read the mesh file and repair drift (default 2s)")
 	allocations := fs.String("allocations", "file", "where allocations persist: file (allocations.json in --state-dir) or kubernetes (a ConfigMap)")
-	kubeconfig := fs.String("kubeconfig", "", "kubeconfig for --allocations=kubernetes (default: the in-cluster service account)")
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig of the site's cluster (default: the in-cluster service account)")
+	kube := fs.String("kubernetes", "auto", "export what ServiceExports name and keep ServiceImports (with a discovery section): on, off, or auto (on with --kubeconfig or in a pod)")
 	namespace := fs.String("namespace", envOr("POD_NAMESPACE", "strait-system"), "namespace of the allocations ConfigMap")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", "json", "log format: json or text")
@@ -119,13 +121,36 @@ func run(args []string) error {
 		return err
 	}
 	o.WireGuard = m
+	useKube := false
+	switch *kube {
+	case "on":
+		useKube = true
+	case "off":
+	case "auto":
+		useKube = *kubeconfig != "" || os.Getenv("KUBERNETES_SERVICE_HOST") != ""
+	default:
+		return fmt.Errorf("--kubernetes %q: want on, off or auto", *kube)
+	}
+	var cfg *rest.Config
+	if useKube || *allocations == "kubernetes" {
+		if cfg, err = kubeConfig(*kubeconfig); err != nil {
+			return err
+		}
+	}
+	if useKube {
+		kc, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return fmt.Errorf("--kubernetes: %w", err)
+		}
+		mc, err := mcsclient.NewForConfig(cfg)
+		if err != nil {
+			return fmt.Errorf("--kubernetes: %w", err)
+		}
+		o.Kube = &gateway.KubeClients{Kube: kc, MCS: mc}
+	}
 	switch *allocations {
 	case "file":
 	case "kubernetes":
-		cfg, err := kubeConfig(*kubeconfig)
-		if err != nil {
-			return err
-		}
 		client, err := kubernetes.NewForConfig(cfg)
 		if err != nil {
 			return fmt.Errorf("--allocations=kubernetes: %w", err)
@@ -190,7 +215,7 @@ func kubeConfig(path string) (*rest.Config, error) {
 	if path == "" {
 		cfg, err := rest.InClusterConfig()
 		if err != nil {
-			return nil, fmt.Errorf("--allocations=kubernetes: not in a cluster (%v); give --kubeconfig", err)
+			return nil, fmt.Errorf("not in a cluster (%v); give --kubeconfig", err)
 		}
 		return cfg, nil
 	}

@@ -40,6 +40,9 @@ type Mesh struct {
 	// BlockBits is the prefix length of blocks derived from site names.
 	BlockBits int
 	Sites     []Site
+	// Discovery, when set, has the gateway learn the strait sites that
+	// are not in the file from the gossip catalog.
+	Discovery *Discovery
 }
 
 // Site is one member of the mesh: a strait gateway, or a plain WireGuard host
@@ -158,7 +161,7 @@ func (d *decoder) mesh(data []byte) *Mesh {
 	if top == nil {
 		return nil
 	}
-	f := d.Fields(top, "", "globalCIDR", "blockSize", "sites")
+	f := d.Fields(top, "", "globalCIDR", "blockSize", "discovery", "sites")
 	if f == nil {
 		return nil
 	}
@@ -178,6 +181,9 @@ func (d *decoder) mesh(data []byte) *Mesh {
 				m.BlockBits = bits
 			}
 		}
+	}
+	if n := f["discovery"]; n != nil {
+		m.Discovery = d.discovery(n)
 	}
 	sites := f["sites"]
 	if sites == nil {
