@@ -51,12 +51,20 @@ func TestMain(m *testing.M) {
 // it down and fails the test if anything of it is left.
 func newLab(t *testing.T, topo lab.Topology) *lab.Lab {
 	t.Helper()
+	return newLabWith(t, topo, lab.Options{})
+}
+
+// newLabWith is newLab with options (the run, directory and binaries are
+// the test's).
+func newLabWith(t *testing.T, topo lab.Topology, o lab.Options) *lab.Lab {
+	t.Helper()
 	nstest.RequireRoot(t)
 	nstest.RequireCommands(t, "ip", "nft", "wg", "wg-quick", "wireguard-go", "ping")
 	run := "t" + nstest.RunID()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	l, err := lab.Up(ctx, topo, lab.Options{Run: run, GatewayBin: bins.gateway, StraitBin: bins.strait, WireGuard: "auto"})
+	o.Run, o.GatewayBin, o.StraitBin, o.WireGuard = run, bins.gateway, bins.strait, "auto"
+	l, err := lab.Up(ctx, topo, o)
 	if err != nil {
 		t.Fatal(err)
 	}

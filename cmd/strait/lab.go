@@ -76,6 +76,7 @@ func labUp(args []string) error {
 	wgGo := fs.String("wireguard-go", "", "wireguard-go binary for --wireguard=wireguard-go")
 	gwBin := fs.String("gateway-bin", filepath.Join(binDir(), "strait-gateway"), "strait-gateway binary")
 	quiet := fs.Bool("quiet", false, "print nothing but errors")
+	disc := fs.Bool("discovery", true, "gateways learn each other through the gossip catalog, each from a mesh file of its own, and answer clusterset.local; false: one shared mesh file lists every site")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -98,7 +99,7 @@ func labUp(args []string) error {
 	defer stop()
 	l, err := lab.Up(ctx, t, lab.Options{
 		Run: *run, Dir: *dir, GatewayBin: *gwBin, StraitBin: self,
-		WireGuard: *wg, WireGuardGo: *wgGo, Log: log,
+		WireGuard: *wg, WireGuardGo: *wgGo, Log: log, Discovery: *disc,
 	})
 	if err != nil {
 		return err

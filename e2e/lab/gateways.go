@@ -26,8 +26,9 @@ import (
 // MeshDoc is the mesh configuration file the lab writes for its gateways,
 // in the format of package meshconf.
 type MeshDoc struct {
-	GlobalCIDR string     `yaml:"globalCIDR" json:"globalCIDR"`
-	Sites      []MeshSite `yaml:"sites" json:"sites"`
+	GlobalCIDR string        `yaml:"globalCIDR" json:"globalCIDR"`
+	Discovery  *DiscoveryDoc `yaml:"discovery,omitempty" json:"discovery,omitempty"`
+	Sites      []MeshSite    `yaml:"sites" json:"sites"`
 }
 
 // MeshSite is one site of a MeshDoc.
@@ -100,6 +101,16 @@ func (l *Lab) startGateways(ctx context.Context) error {
 	if err := l.WriteMesh(doc); err != nil {
 		return err
 	}
+	if l.Discovery {
+		if err := l.writeDiscovery(doc); err != nil {
+			return fmt.Errorf("lab: discovery: %w", err)
+		}
+	}
+	if l.beforeGateways != nil {
+		if err := l.beforeGateways(l); err != nil {
+			return err
+		}
+	}
 	// One after another, as real sites come up: a gateway's first
 	// handshake initiation then meets a peer that is either not there yet
 	// (it will initiate itself when it starts) or listening. Started
@@ -111,13 +122,31 @@ func (l *Lab) startGateways(ctx context.Context) error {
 			if err := l.StartGateway(h.Site); err != nil {
 				return err
 			}
-			if err := l.WaitGateway(ctx, h.Site, 20*time.Second); err != nil {
+			// With discovery, a gateway learns its peers as the others
+			// come: each is waited for in full once all have started.
+			peers := l.strait() - 1
+			if l.Discovery {
+				peers = -1
+			}
+			if err := l.waitGateway(ctx, h.Site, peers, 20*time.Second); err != nil {
 				return err
+			}
+		}
+	}
+	if l.Discovery {
+		for _, h := range l.Hosts {
+			if h.Role == RoleGateway {
+				if err := l.WaitGateway(ctx, h.Site, 30*time.Second); err != nil {
+					return err
+				}
 			}
 		}
 	}
 	return nil
 }
+
+// strait counts the sites: every one is every gateway's peer.
+func (l *Lab) strait() int { return len(l.Topology.Sites) }
 
 // waitMeshed waits until every gateway has completed a handshake with
 // every peer that keeps its tunnel alive. A gateway that starts before its
@@ -183,11 +212,14 @@ func (l *Lab) StartGateway(site string) error {
 	if !ok {
 		return fmt.Errorf("lab: site %q has no gateway", site)
 	}
-	args := []string{"run", "--site", site, "--mesh", l.MeshFile(), "--site-file", l.SiteFile(site), "--state-dir", filepath.Join(l.Dir, site),
+	args := []string{"run", "--site", site, "--mesh", l.MeshFileOf(site), "--site-file", l.SiteFile(site), "--state-dir", filepath.Join(l.Dir, site),
 		"--interface", TunnelInterface(l.Run, gw.Index), "--wireguard", l.Bins.WireGuard,
 		"--interval", l.Bins.Interval, "--log-format", "text"}
 	if l.Bins.WireGuardGo != "" {
 		args = append(args, "--wireguard-go", l.Bins.WireGuardGo)
+	}
+	if kc := l.Kubeconfigs[site]; kc != "" {
+		args = append(args, "--kubeconfig", kc)
 	}
 	return l.spawn(gw, "gateway", filepath.Join(l.Dir, site, "gateway.log"), l.Bins.Gateway, args...)
 }
@@ -199,7 +231,12 @@ func (l *Lab) StopGateway(site string) error {
 
 // WaitGateway waits until a site's gateway reports ready with all its peers.
 func (l *Lab) WaitGateway(ctx context.Context, site string, timeout time.Duration) error {
-	want := len(l.Topology.Sites) - 1
+	return l.waitGateway(ctx, site, l.strait()-1, timeout)
+}
+
+// waitGateway waits until a site's gateway is ready with want peers (any
+// number if want < 0).
+func (l *Lab) waitGateway(ctx context.Context, site string, want int, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	var last error
 	for time.Now().Before(deadline) {
@@ -212,7 +249,7 @@ func (l *Lab) WaitGateway(ctx context.Context, site string, timeout time.Duratio
 			last = err
 		case !st.Ready:
 			last = errors.New("not ready")
-		case len(st.Tunnel.Peers) != want:
+		case want >= 0 && len(st.Tunnel.Peers) != want:
 			last = fmt.Errorf("%d of %d peers configured", len(st.Tunnel.Peers), want)
 		default:
 			return nil

@@ -40,6 +40,16 @@ type Options struct {
 	Interval time.Duration
 	// Log receives progress lines; nil is quiet.
 	Log io.Writer
+	// Discovery has the gateways learn each other from the gossip
+	// catalog, each with a mesh file of its own, and answer
+	// clusterset.local on DNSPort.
+	Discovery bool
+	// Kubeconfigs gives sites' gateways a cluster's API (--kubeconfig),
+	// as seen from the gateway's namespace.
+	Kubeconfigs map[string]string
+	// BeforeGateways runs once the network is built, before the
+	// gateways start (to reach services into the namespaces).
+	BeforeGateways func(*Lab) error
 }
 
 // Lab is a lab that is up. Its exported fields are saved in lab.json, so
@@ -64,6 +74,11 @@ type Lab struct {
 	// DerivedBlocks names the sites whose blocks the mesh file leaves to
 	// the gateways to derive.
 	DerivedBlocks []string `json:"derivedBlocks,omitempty"`
+	// Discovery says the gateways learn each other through gossip.
+	Discovery   bool              `json:"discovery,omitempty"`
+	Kubeconfigs map[string]string `json:"kubeconfigs,omitempty"`
+
+	beforeGateways func(*Lab) error
 
 	log io.Writer
 }
@@ -109,7 +124,8 @@ func Up(ctx context.Context, t Topology, o Options) (_ *Lab, err error) {
 			return nil, fmt.Errorf("lab: binary: %w (run `make build`)", err)
 		}
 	}
-	l := &Lab{Run: o.Run, Dir: filepath.Join(o.Dir, o.Run), Topology: t, Hosts: hosts, DerivedBlocks: derived, log: o.Log}
+	l := &Lab{Run: o.Run, Dir: filepath.Join(o.Dir, o.Run), Topology: t, Hosts: hosts, DerivedBlocks: derived, log: o.Log,
+		Discovery: o.Discovery, Kubeconfigs: o.Kubeconfigs, beforeGateways: o.BeforeGateways}
 	l.Bins.Gateway, l.Bins.Strait, l.Bins.WireGuard, l.Bins.WireGuardGo = o.GatewayBin, o.StraitBin, o.WireGuard, o.WireGuardGo
 	l.Bins.Interval = o.Interval.String()
 	defer func() {
