@@ -15,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -32,6 +33,13 @@ type Config struct {
 	// Duration of one measurement, and how many rounds to take the median of.
 	Duration time.Duration
 	Rounds   int
+	// Size is the scale of what is measured, for benchmarks that have one
+	// (members of a mesh, services loaded); zero takes the benchmark's
+	// default.
+	Size int
+	// Quick skips the slowest baselines (for smoke runs in tests); the
+	// line then says which it skipped.
+	Quick bool
 }
 
 func (c Config) logf(format string, args ...any) {
@@ -151,4 +159,15 @@ func median(xs []float64) float64 {
 		return s[n/2]
 	}
 	return (s[n/2-1] + s[n/2]) / 2
+}
+
+// percentile is the nearest-rank percentile (p from 0 to 1) of a sample.
+func percentile(xs []float64, p float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	i := int(math.Ceil(p*float64(len(s)))) - 1
+	return s[min(max(i, 0), len(s)-1)]
 }

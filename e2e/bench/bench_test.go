@@ -34,3 +34,15 @@ func TestRegistered(t *testing.T) {
 		t.Error("tunnel benchmark not registered")
 	}
 }
+
+func TestPercentile(t *testing.T) {
+	xs := []float64{5, 1, 4, 2, 3, 10, 9, 8, 7, 6}
+	for _, tt := range []struct{ p, want float64 }{{0.5, 5}, {0.99, 10}, {0.1, 1}, {0, 1}, {1, 10}} {
+		if got := percentile(xs, tt.p); got != tt.want {
+			t.Errorf("percentile(%v) = %v, want %v", tt.p, got, tt.want)
+		}
+	}
+	if percentile(nil, 0.5) != 0 {
+		t.Error("empty sample")
+	}
+}

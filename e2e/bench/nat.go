@@ -162,15 +162,6 @@ func runNATSync(ctx context.Context, c Config) (Result, error) {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-func percentile(xs []float64, p float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s) == 0 {
-		return 0
-	}
-	return s[min(len(s)-1, int(p*float64(len(s))))]
-}
-
 // nftLoad writes the program's table as nft text and times `nft -f` on it
 // (the table created anew), median of three.
 func nftLoad(ns netns.NS, p nat.Program) (float64, error) {
