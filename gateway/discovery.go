@@ -61,7 +61,7 @@ type discovery struct {
 // listeners. It checks that the identity is this site's: a certificate for
 // another cluster or another block would have every peer refuse what this
 // gateway publishes.
-func startDiscovery(opts Options, log *slog.Logger, d *meshconf.Discovery, me *meshconf.Site) (_ *discovery, err error) {
+func startDiscovery(opts Options, d *meshconf.Discovery, me *meshconf.Site) (_ *discovery, err error) {
 	path := d.Identity
 	if path == "" {
 		path = filepath.Join(opts.StateDir, IdentityName)
@@ -81,7 +81,7 @@ func startDiscovery(opts Options, log *slog.Logger, d *meshconf.Discovery, me *m
 	if err != nil {
 		return nil, fmt.Errorf("discovery: %w", err)
 	}
-	ds := &discovery{cat: cat, log: log.With("component", "discovery"), started: *d, seeds: d.Seeds, keys: d.GossipKeys}
+	ds := &discovery{cat: cat, log: opts.Logger.With("component", "discovery", "site", opts.Site), started: *d, seeds: d.Seeds, keys: d.GossipKeys}
 	defer func() {
 		if err != nil {
 			ds.close()

@@ -228,7 +228,7 @@ func Start(ctx context.Context, opts Options) (*Gateway, error) {
 	}
 	var disc *discovery
 	if want.discovery != nil {
-		if disc, err = startDiscovery(opts, log, want.discovery, &want.self); err != nil {
+		if disc, err = startDiscovery(opts, want.discovery, &want.self); err != nil {
 			return nil, fmt.Errorf("gateway: %w", err)
 		}
 	}
