@@ -12,7 +12,8 @@ LDFLAGS := -X main.version=$(VERSION)
 
 # Debian packages the lab and the tests use, and a command of each.
 DEB_PACKAGES := iproute2:ip nftables:nft wireguard-tools:wg wireguard-go:wireguard-go \
-	iperf3:iperf3 iputils-ping:ping conntrack:conntrack tcpdump:tcpdump etcd-server:etcd
+	iperf3:iperf3 iputils-ping:ping conntrack:conntrack tcpdump:tcpdump etcd-server:etcd \
+	dnsperf:dnsperf bind9-dnsutils:dig
 
 .PHONY: all build deps demo test check kube-apiserver bench fuzz clean
 
@@ -55,6 +56,9 @@ demo: deps build
 	@echo "  $(BIN)/strait lab exec cloud-a-gw -- wg show wg-demo-0   cloud-a's tunnel"
 	@echo "  $(BIN)/strait lab exec cloud-b-gw -- nft list table ip strait   cloud-b's translation"
 	@echo "  $(BIN)/strait lab exec cloud-b-gw -- conntrack -L        translated flows"
+	@echo "  $(BIN)/strait lab exec cloud-b-pod1 -- dig @172.31.0.1 cloud-a-pod1.default.svc.clusterset.local"
+	@echo "                                                          cloud-a's service, as cloud-b's gateway learned it"
+	@echo "  cat /run/strait/lab/demo/cloud-a/mesh.yaml               all a gateway is told; the rest comes from gossip"
 	@echo "  $(BIN)/strait lab wan cloud-b --latency 40ms --loss 1   put cloud-b far away"
 	@echo "  $(BIN)/strait lab exec cloud-a-pod1                      a shell in a pod"
 	@echo "Tear it down with: $(BIN)/strait lab down"
@@ -88,6 +92,8 @@ fuzz:
 	$(GO) test ./gateway/siteconf -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
 	$(GO) test ./e2e/lab/wanemu -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
 	$(GO) test ./e2e/lab -run '^$$' -fuzz FuzzParseReply -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
+	$(GO) test ./discovery/dnsserver -run '^$$' -fuzz FuzzServeDNS -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
+	$(GO) test ./discovery/catalog -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
 
 clean:
 	rm -rf $(BIN)

@@ -1,6 +1,7 @@
 package e2e_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"testing"
@@ -18,15 +19,32 @@ func TestBenchmarksRun(t *testing.T) {
 	nstest.RequireRoot(t)
 	nstest.RequireCommands(t, "iperf3", "nft")
 	for _, tt := range []struct {
-		name   string
-		rounds int
-	}{{"tunnel", 1}, {"nat-sync", 10}, {"nat-lookup", 1}} {
+		name     string
+		rounds   int
+		size     int           // zero: the benchmark's default
+		quick    bool          // skip the slowest baselines
+		duration time.Duration // zero: 2s
+		needs    []string      // commands beyond the ones above
+	}{
+		{name: "tunnel", rounds: 1},
+		{name: "nat-sync", rounds: 10},
+		{name: "nat-lookup", rounds: 1},
+		// 1,000 services rather than 10,000, and no 10-service run:
+		// about 5 s, every query still checked.
+		{name: "dns", rounds: 1, size: 1000, quick: true, duration: time.Second, needs: []string{"dnsperf"}},
+		// 10 members, 3 changes, without the WAN baseline's minute.
+		{name: "gossip", rounds: 3, size: 10, quick: true},
+	} {
 		t.Run(tt.name, func(t *testing.T) {
+			nstest.RequireCommands(t, tt.needs...)
 			b, ok := bench.Lookup(tt.name)
 			if !ok {
 				t.Fatalf("no benchmark %s", tt.name)
 			}
-			cfg := bench.Config{BinDir: bins.dir, StraitBin: bins.strait, GatewayBin: bins.gateway, Duration: 2 * time.Second, Rounds: tt.rounds}
+			cfg := bench.Config{
+				BinDir: bins.dir, StraitBin: bins.strait, GatewayBin: bins.gateway,
+				Duration: cmp.Or(tt.duration, 2*time.Second), Rounds: tt.rounds, Size: tt.size, Quick: tt.quick,
+			}
 			res, err := b.Run(context.Background(), cfg)
 			if err != nil {
 				t.Fatal(err)
