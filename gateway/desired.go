@@ -43,6 +43,10 @@ type desired struct {
 	// were left out, and why.
 	exports  []catalog.Service
 	problems []string
+	// meshData and siteData are the files it was derived from: with
+	// other inputs, they derive the next configuration while the files
+	// on disk are refused.
+	meshData, siteData []byte
 }
 
 // derive computes the desired state of site self. It refuses a mesh in
@@ -149,6 +153,10 @@ func addExports(d *desired, exports []kubesource.Export) {
 				continue
 			}
 			svc.Ports = append(svc.Ports, siteconf.Port{Protocol: proto, Port: p.Port, TargetPort: p.Port})
+		}
+		if len(svc.Ports) == 0 {
+			d.problems = append(d.problems, fmt.Sprintf("service %s/%s is not exported: none of its ports is TCP or UDP, which is all the gateway translates", e.Namespace, e.Name))
+			continue
 		}
 		d.services = append(d.services, svc)
 		d.requests = append(d.requests, natpool.Request{Key: natpool.IngressKey(e.Namespace, e.Name), Pool: svc.Pool, Kind: natpool.Ingress})

@@ -1,12 +1,15 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -21,6 +24,7 @@ import (
 	"github.com/straitnet/strait/discovery/kubesource"
 	"github.com/straitnet/strait/discovery/trustfile"
 	"github.com/straitnet/strait/gateway/meshconf"
+	"github.com/straitnet/strait/internal/atomicfile"
 	"github.com/straitnet/strait/natpool"
 )
 
@@ -35,6 +39,14 @@ type discovery struct {
 	cat    *catalog.Catalog
 	gossip *gossip.Gossip
 	log    *slog.Logger
+	// remembered is what the last run learned (DiscoveredName): its
+	// sites stand in for the catalog's until gossip has had its time,
+	// its exports for the informers' until they synced.
+	remembered inputs
+	// firstPeer is when gossip first showed another member alive.
+	firstPeer time.Time
+	// expires is when the identity's certificate runs out.
+	expires time.Time
 	// started is the section the gateway started with: what cannot change
 	// without a restart (bind, DNS, CA, identity) is compared with it.
 	started meshconf.Discovery
@@ -81,7 +93,7 @@ func startDiscovery(opts Options, d *meshconf.Discovery, me *meshconf.Site) (_ *
 	if err != nil {
 		return nil, fmt.Errorf("discovery: %w", err)
 	}
-	ds := &discovery{cat: cat, log: opts.Logger.With("component", "discovery", "site", opts.Site), started: *d, seeds: d.Seeds, keys: d.GossipKeys}
+	ds := &discovery{cat: cat, log: opts.Logger.With("component", "discovery", "site", opts.Site), started: *d, seeds: d.Seeds, keys: d.GossipKeys, expires: id.Cert.NotAfter}
 	defer func() {
 		if err != nil {
 			ds.close()
@@ -114,6 +126,70 @@ func startDiscovery(opts Options, d *meshconf.Discovery, me *meshconf.Site) (_ *
 	return ds, nil
 }
 
+// DiscoveredName is the file in the state directory that keeps what the
+// gateway learned (sites, exports) across restarts.
+const DiscoveredName = "discovered.json"
+
+// settle is how long after first seeing another member the gateway keeps
+// remembered sites the catalog has not shown again: anti-entropy brings
+// every live cluster's record within a few rounds.
+const settle = 2 * time.Minute
+
+// inputs are the sites the catalog knows and the exports the cluster's API
+// has; until gossip settles and the informers sync, what the last run
+// learned fills in.
+func (ds *discovery) inputs() inputs {
+	snap := ds.cat.Snapshot()
+	in := inputs{Learned: learned(snap)}
+	ds.mu.Lock()
+	if ds.firstPeer.IsZero() && ds.alive() > 1 {
+		ds.firstPeer = time.Now()
+	}
+	settled := !ds.firstPeer.IsZero() && time.Since(ds.firstPeer) > settle
+	remembered := ds.remembered
+	ds.mu.Unlock()
+	if !settled {
+		for _, s := range remembered.Learned {
+			if _, ok := snap.Clusters[s.Name]; !ok && s.Name != snap.Self {
+				in.Learned = append(in.Learned, s)
+			}
+		}
+		slices.SortFunc(in.Learned, func(a, b meshconf.Site) int { return strings.Compare(a.Name, b.Name) })
+	}
+	if ds.kube != nil {
+		if ds.kube.Synced() {
+			in.Exports = ds.kube.Exports()
+		} else {
+			in.Exports = remembered.Exports
+		}
+	}
+	return in
+}
+
+// loadInputs reads what the last run learned; none if there is no file.
+// A file that does not decode stops the start, named: it is the only
+// record of the peers and exports to keep while the mesh is relearned.
+func loadInputs(path string) (inputs, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return inputs{}, nil
+	}
+	if err != nil {
+		return inputs{}, err
+	}
+	var in inputs
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&in); err != nil {
+		return inputs{}, fmt.Errorf("%s is damaged (%v): remove it to start from the mesh file alone and relearn the rest", path, err)
+	}
+	return in, nil
+}
+
+func saveInputs(path string, in inputs) error {
+	return atomicfile.Write(path, in.encode(), 0o600, false)
+}
+
 // close leaves the mesh (telling the others, so that they need not find
 // out by probing) and stops everything.
 func (ds *discovery) close() {
@@ -135,9 +211,9 @@ func (ds *discovery) close() {
 }
 
 // run starts what runs alongside the reconcile loop, all stopped by ctx:
-// the DNS server, the Kubernetes source, the joiner and the watcher that
-// keeps DNS and the cluster's ServiceImports in line with the catalog.
-// kick asks the loop for a pass.
+// the DNS server, the Kubernetes source and its syncer, the joiner, and
+// the watcher that keeps DNS in line with the catalog. kick asks the loop
+// for a pass.
 func (ds *discovery) run(ctx context.Context, wg *sync.WaitGroup, kick func()) {
 	if ds.dns != nil {
 		wg.Go(func() {
@@ -154,30 +230,21 @@ func (ds *discovery) run(ctx context.Context, wg *sync.WaitGroup, kick func()) {
 				ds.log.Error("Kubernetes source stopped", "err", err)
 			}
 		})
-		wg.Go(func() {
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-ds.kube.Changed():
-					kick()
-				}
-			}
-		})
+		wg.Go(func() { ds.kubeSync(ctx, kick) })
 	}
 	wg.Go(func() { ds.joinLoop(ctx) })
 	wg.Go(func() { ds.watch(ctx, kick) })
 }
 
-// watch follows the catalog: every change updates DNS, the cluster's
-// ServiceImports and its exports' conditions, and asks for a pass (the
-// learned sites may have changed). Writes to the API that fail are
-// retried every few seconds.
+// watch follows the catalog: every change updates DNS at once, and a
+// change of the sites the catalog knows asks for a pass (services
+// elsewhere changing do not concern the tunnel or the translation).
+// Tombstones past their time are dropped on the way.
 func (ds *discovery) watch(ctx context.Context, kick func()) {
 	var last uint64
-	retry := time.NewTicker(3 * time.Second)
-	defer retry.Stop()
-	kubeDirty := true
+	var sites string
+	expire := time.NewTicker(time.Minute)
+	defer expire.Stop()
 	for {
 		changed := ds.cat.Changed()
 		snap := ds.cat.Snapshot()
@@ -186,57 +253,100 @@ func (ds *discovery) watch(ctx context.Context, kick func()) {
 			if ds.dns != nil {
 				ds.dns.Update(snap)
 			}
-			kubeDirty = true
-			kick()
-		}
-		if kubeDirty && ds.kube != nil && ds.kube.Synced() {
-			err := errors.Join(ds.kube.SyncImports(ctx, snap), ds.kube.SyncExportStatus(ctx, snap))
-			ds.mu.Lock()
-			prev := ds.kubeErr
-			ds.kubeErr = ""
-			if err != nil {
-				ds.kubeErr = err.Error()
-			}
-			ds.mu.Unlock()
-			switch {
-			case err == nil:
-				kubeDirty = false
-			case err.Error() != prev && ctx.Err() == nil:
-				ds.log.Error("syncing ServiceImports and export conditions failed; retrying", "err", err)
+			if now := fmt.Sprint(learned(snap)); now != sites {
+				sites = now
+				kick()
 			}
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-changed:
-		case <-retry.C:
+		case <-expire.C:
 			ds.cat.Expire()
-			if ds.kube != nil && !kubeDirty {
-				// Conditions name exports the catalog does not know
-				// yet; another look after the source changed.
-				kubeDirty = true
-			}
 		}
 	}
 }
 
+// kubeSync keeps the cluster's ServiceImports and its ServiceExports'
+// conditions in line with the catalog, on every change of either; the
+// source's changes also ask for a pass (the exports changed). Failed
+// writes are retried with backoff; until the informers have synced, the
+// status says so.
+func (ds *discovery) kubeSync(ctx context.Context, kick func()) {
+	started := time.Now()
+	backoff := time.Second
+	var last uint64
+	dirty := true
+	for {
+		catChanged, kubeChanged := ds.cat.Changed(), ds.kube.Changed()
+		snap := ds.cat.Snapshot()
+		if snap.Generation != last {
+			last, dirty = snap.Generation, true
+		}
+		var retry <-chan time.Time
+		switch {
+		case !ds.kube.Synced():
+			ds.setKubeErr(fmt.Sprintf("Kubernetes: the informers have not synced since %s (the MCS API's CRDs installed? RBAC?)", started.Format(time.RFC3339)), false)
+			retry = time.After(time.Second)
+		case dirty:
+			err := errors.Join(ds.kube.SyncImports(ctx, snap), ds.kube.SyncExportStatus(ctx, snap))
+			if err == nil {
+				ds.setKubeErr("", false)
+				dirty, backoff = false, time.Second
+			} else if ctx.Err() == nil {
+				ds.setKubeErr("syncing ServiceImports and export conditions: "+err.Error(), true)
+				retry, backoff = time.After(backoff), min(2*backoff, 30*time.Second)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-catChanged:
+		case <-kubeChanged:
+			// Exports changed: their conditions, and the pass that
+			// publishes them.
+			dirty = true
+			kick()
+		case <-retry:
+		}
+	}
+}
+
+// setKubeErr records why the Kubernetes side is not in line, logging a
+// new reason when log is set.
+func (ds *discovery) setKubeErr(msg string, log bool) {
+	ds.mu.Lock()
+	prev := ds.kubeErr
+	ds.kubeErr = msg
+	ds.mu.Unlock()
+	if log && msg != prev {
+		ds.log.Error("Kubernetes sync failed; retrying", "err", msg)
+	}
+}
+
 // joinLoop joins through the seeds while this gateway sees no other
-// member: at start, and again if it ever finds itself alone (a partition
-// in which every other member was declared dead does not heal by itself).
+// member, at start and whenever it finds itself alone; and every half
+// minute it tries the gossip addresses of clusters the catalog knows but
+// gossip does not see, which heals partitions that left two groups each
+// thinking the other dead. Seeds are tried one at a time, so that a stop
+// is not held up by a row of unreachable ones.
 func (ds *discovery) joinLoop(ctx context.Context) {
 	backoff := time.Second
+	lastHeal := time.Now()
 	for {
 		ds.mu.Lock()
-		seeds := slices.Clone(ds.seeds)
+		seeds := slices.DeleteFunc(slices.Clone(ds.seeds), func(s string) bool { return s == ds.gossip.Addr() })
 		ds.mu.Unlock()
 		wait := 10 * time.Second
-		if len(seeds) > 0 && ds.alive() <= 1 {
-			n, err := ds.gossip.Join(seeds)
+		switch {
+		case len(seeds) > 0 && ds.alive() <= 1:
+			err := ds.join(ctx, seeds)
 			ds.mu.Lock()
 			prev := ds.joinErr
 			ds.joinErr = ""
-			if err != nil && n == 0 {
-				ds.joinErr = fmt.Sprintf("joining through %v: %v", seeds, err)
+			if err != nil {
+				ds.joinErr = fmt.Sprintf("joining through %s: %v", strings.Join(seeds, ", "), err)
 			}
 			msg := ds.joinErr
 			ds.mu.Unlock()
@@ -246,8 +356,20 @@ func (ds *discovery) joinLoop(ctx context.Context) {
 				}
 				wait, backoff = backoff, min(2*backoff, 30*time.Second)
 			} else {
-				ds.log.Info("joined the mesh", "through", n, "members", ds.alive())
+				ds.log.Info("joined the mesh", "members", ds.alive())
 				backoff = time.Second
+			}
+		case time.Since(lastHeal) > 30*time.Second:
+			lastHeal = time.Now()
+			snap := ds.cat.Snapshot()
+			var lost []string
+			for name, c := range snap.Clusters {
+				if !snap.Alive[name] && c.Gossip != "" {
+					lost = append(lost, c.Gossip)
+				}
+			}
+			if len(lost) > 0 && ds.join(ctx, lost) == nil {
+				ds.log.Info("rejoined members gossip had lost", "members", ds.alive())
 			}
 		}
 		select {
@@ -256,6 +378,28 @@ func (ds *discovery) joinLoop(ctx context.Context) {
 		case <-time.After(wait):
 		}
 	}
+}
+
+// join tries addrs one at a time until one lets this gateway see another
+// member, or ctx ends.
+func (ds *discovery) join(ctx context.Context, addrs []string) error {
+	var errs []error
+	for _, a := range addrs {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if _, err := ds.gossip.Join([]string{a}); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if ds.alive() > 1 {
+			return nil
+		}
+	}
+	if len(errs) == 0 {
+		return errors.New("no other member answered")
+	}
+	return errors.Join(errs...)
 }
 
 // alive counts the members seen alive, this one included.
@@ -396,7 +540,10 @@ type DiscoveryStatus struct {
 	Services int               `json:"services"`
 	DNS      *dnsserver.Stats  `json:"dns,omitempty"`
 	Kube     *kubesource.Stats `json:"kubernetes,omitempty"`
-	Problems []string          `json:"problems,omitempty"`
+	// IdentityExpires is when this cluster's certificate runs out: peers
+	// refuse its records afterwards.
+	IdentityExpires time.Time `json:"identityExpires"`
+	Problems        []string  `json:"problems,omitempty"`
 }
 
 func (ds *discovery) status() *DiscoveryStatus {
@@ -414,9 +561,13 @@ func (ds *discovery) status() *DiscoveryStatus {
 		s := ds.kube.Stats()
 		st.Kube = &s
 	}
+	st.IdentityExpires = ds.expires
 	ds.mu.Lock()
 	defer ds.mu.Unlock()
 	st.Problems = slices.Clone(ds.problems)
+	if left := time.Until(ds.expires); left < 30*24*time.Hour {
+		st.Problems = append(st.Problems, fmt.Sprintf("the identity's certificate expires at %s (in %s): issue a new one with `strait ca issue` and restart", ds.expires.Format(time.RFC3339), left.Round(time.Hour)))
+	}
 	for _, e := range []string{ds.joinErr, ds.kubeErr} {
 		if e != "" {
 			st.Problems = append(st.Problems, e)

@@ -1,13 +1,17 @@
 package gateway
 
 import (
+	"bytes"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/straitnet/strait/discovery/catalog"
 	"github.com/straitnet/strait/discovery/kubesource"
+	"github.com/straitnet/strait/gateway/meshconf"
 	"github.com/straitnet/strait/gateway/siteconf"
 	"github.com/straitnet/strait/natpool"
 )
@@ -80,5 +84,34 @@ func TestLearned(t *testing.T) {
 	c := got[0]
 	if c.Name != "cloud-c" || c.PublicKey != k[1].PublicKey() || c.Endpoint != "198.18.2.2:51820" || !c.Routable || len(c.CIDRs) != 1 || c.PersistentKeepalive == 0 {
 		t.Errorf("cloud-c learned as %+v", c)
+	}
+}
+
+func TestInputsFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), DiscoveredName)
+	if in, err := loadInputs(path); err != nil || len(in.Learned)+len(in.Exports) != 0 {
+		t.Fatalf("no file: %+v %v, want nothing remembered", in, err)
+	}
+	k := keys(t, 1)
+	in := inputs{
+		Learned: []meshconf.Site{{Name: "cloud-c", PublicKey: k[0].PublicKey(), Endpoint: "198.18.2.2:51820", ListenPort: 51820,
+			Block: netip.MustParsePrefix("242.2.0.0/16"), CIDRs: []netip.Prefix{netip.MustParsePrefix("10.2.0.0/16")}, Routable: true}},
+		Exports: []kubesource.Export{{Namespace: "shop", Name: "cart", ClusterIP: netip.MustParseAddr("10.96.0.20"), Ready: 1,
+			Ports: []catalog.Port{{Name: "http", Protocol: "TCP", Port: 80}}}},
+	}
+	if err := saveInputs(path, in); err != nil {
+		t.Fatal(err)
+	}
+	back, err := loadInputs(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(back.encode(), in.encode()) {
+		t.Fatalf("round trip changed the inputs:\n%s\n%s", back.encode(), in.encode())
+	}
+	data, _ := os.ReadFile(path)
+	os.WriteFile(path, data[:len(data)/2], 0o600)
+	if _, err := loadInputs(path); err == nil || !strings.Contains(err.Error(), "is damaged") || !strings.Contains(err.Error(), path) {
+		t.Fatalf("a damaged file: %v, want an error naming it", err)
 	}
 }

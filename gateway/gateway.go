@@ -170,6 +170,9 @@ type Gateway struct {
 	// seenErr why it was refused, if it was.
 	seenHash string
 	seenErr  Problem
+	// inputs are those of the wanted configuration, saved in
+	// DiscoveredName as they change.
+	inputs inputs
 	// configErr says why the files' content is refused; applyErr why the
 	// last pass failed to bring the host to the wanted configuration.
 	configErr, applyErr Problem
@@ -227,10 +230,20 @@ func Start(ctx context.Context, opts Options) (*Gateway, error) {
 		return nil, fmt.Errorf("gateway: configuration refused:\n%w", err)
 	}
 	var disc *discovery
+	var in inputs
 	if want.discovery != nil {
+		// What the last run learned, so that a restart does not drop
+		// peers and exports until gossip and the informers are back.
+		if in, err = loadInputs(filepath.Join(opts.StateDir, DiscoveredName)); err != nil {
+			return nil, fmt.Errorf("gateway: %w", err)
+		}
+		if want, h, err = parseConfig(opts, key, want.meshData, want.siteData, in); err != nil {
+			return nil, fmt.Errorf("gateway: configuration refused:\n%w", err)
+		}
 		if disc, err = startDiscovery(opts, want.discovery, &want.self); err != nil {
 			return nil, fmt.Errorf("gateway: %w", err)
 		}
+		disc.remembered = in
 	}
 	store := opts.Store
 	if store == nil {
@@ -254,7 +267,7 @@ func Start(ctx context.Context, opts Options) (*Gateway, error) {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	g := newGateway(opts, log, key, eng, tab, store)
-	g.disc = disc
+	g.disc, g.inputs = disc, in
 	if err := g.start(ctx, want, h); err != nil {
 		g.Close()
 		return nil, err
@@ -284,16 +297,12 @@ type inputs struct {
 	Exports []kubesource.Export `json:"exports,omitempty"`
 }
 
-// inputs returns the current inputs; none without discovery.
-func (g *Gateway) inputs() inputs {
+// currentInputs returns the current inputs; none without discovery.
+func (g *Gateway) currentInputs() inputs {
 	if g.disc == nil {
 		return inputs{}
 	}
-	in := inputs{Learned: learned(g.disc.cat.Snapshot())}
-	if g.disc.kube != nil && g.disc.kube.Synced() {
-		in.Exports = g.disc.kube.Exports()
-	}
-	return in
+	return g.disc.inputs()
 }
 
 func (in inputs) encode() []byte {
@@ -320,7 +329,9 @@ func parseConfig(opts Options, key wgtypes.Key, meshData, siteData []byte, in in
 		return desired{}, h, err
 	}
 	var problems []string
-	if m.Discovery != nil {
+	if m.Discovery != nil || len(in.Learned) > 0 {
+		// Also after the section is removed: the gateway keeps
+		// gossiping until it restarts, and its peers with it.
 		m, problems = m.WithLearned(in.Learned)
 	}
 	sc := siteconf.Empty()
@@ -335,6 +346,7 @@ func parseConfig(opts Options, key wgtypes.Key, meshData, siteData []byte, in in
 	}
 	want.problems = problems
 	addExports(&want, in.Exports)
+	want.meshData, want.siteData = meshData, siteData
 	return want, h, nil
 }
 
@@ -364,7 +376,7 @@ func (g *Gateway) start(ctx context.Context, want desired, h string) error {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.wanted, g.wantedHash, g.current, g.currentHash, g.seenHash = want, h, want, h, h
+	g.wanted, g.wantedHash, g.current, g.currentHash, g.seenHash = want, h, want, h, hash(want.meshData, want.siteData)
 	g.prog, g.appliedAt, g.ready = prog, g.opts.Now(), true
 	return nil
 }
@@ -451,7 +463,12 @@ func (g *Gateway) reconcile(ctx context.Context) {
 	allocErr := g.allocate(want)
 	engineErr := g.engine.Apply(ctx, want.tunnel)
 	prog, natErr := g.syncNAT(want)
-	pubErr := g.publish(want)
+	var pubErr error
+	if natErr == nil {
+		// Published only once translated: an address in DNS and at the
+		// peers must lead somewhere.
+		pubErr = g.publish(want)
+	}
 	err := errors.Join(allocErr, engineErr, natErr, pubErr)
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -476,38 +493,68 @@ func (g *Gateway) reconcile(ctx context.Context) {
 }
 
 // next reads the files and returns the configuration to reconcile to:
-// theirs, if they are valid, else the last valid one.
+// theirs with the current inputs, if they are valid, else the last valid
+// files' with the current inputs (a refused edit must not stop the gateway
+// from following the mesh).
 func (g *Gateway) next() (desired, string) {
 	meshData, siteData, err := readFiles(g.opts)
-	in := g.inputs()
+	in := g.currentInputs()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if err != nil {
 		g.refuse(Problem{Msg: fmt.Sprintf("%v; keeping the last good configuration", err), At: g.opts.Now()})
-		return g.wanted, g.wantedHash
+		return g.rebuild(in)
 	}
-	h := hash(meshData, siteData, in.encode())
-	switch h {
-	case g.wantedHash:
-		// Unchanged, or back to it after a bad edit.
-		g.seenHash, g.seenErr, g.configErr = h, Problem{}, Problem{}
-		return g.wanted, g.wantedHash
-	case g.seenHash:
+	fh := hash(meshData, siteData)
+	if fh == g.seenHash && g.seenErr.Msg != "" {
 		g.configErr = g.seenErr // refused before; said so then
+		return g.rebuild(in)
+	}
+	g.seenHash = fh
+	h := hash(meshData, siteData, in.encode())
+	if h == g.wantedHash {
+		// Unchanged, or back to it after a bad edit.
+		g.seenErr, g.configErr = Problem{}, Problem{}
 		return g.wanted, g.wantedHash
 	}
-	g.seenHash = h
 	want, _, err := parseConfig(g.opts, g.key, meshData, siteData, in)
-	if err == nil {
-		g.takeDiscovery(want)
-		g.log.Info("configuration changed", "config", short(h), "peers", len(want.tunnel.Peers), "services", len(want.services))
-		g.wanted, g.wantedHash = want, h
-		g.seenErr, g.configErr = Problem{}, Problem{}
-		return want, h
+	if err != nil {
+		g.seenErr = Problem{Msg: err.Error(), At: g.opts.Now()}
+		g.refuse(g.seenErr)
+		return g.rebuild(in)
 	}
-	g.seenErr = Problem{Msg: err.Error(), At: g.opts.Now()}
-	g.refuse(g.seenErr)
-	return g.wanted, g.wantedHash
+	g.seenErr, g.configErr = Problem{}, Problem{}
+	g.accept(want, h, in)
+	return want, h
+}
+
+// rebuild derives the wanted configuration's files anew with the current
+// inputs; g.mu is held.
+func (g *Gateway) rebuild(in inputs) (desired, string) {
+	h := hash(g.wanted.meshData, g.wanted.siteData, in.encode())
+	if h == g.wantedHash {
+		return g.wanted, g.wantedHash
+	}
+	want, _, err := parseConfig(g.opts, g.key, g.wanted.meshData, g.wanted.siteData, in)
+	if err != nil {
+		return g.wanted, g.wantedHash // they were valid; inputs never make them invalid
+	}
+	g.accept(want, h, in)
+	return want, h
+}
+
+// accept makes want the wanted configuration and saves its inputs if they
+// changed; g.mu is held.
+func (g *Gateway) accept(want desired, h string, in inputs) {
+	g.takeDiscovery(want)
+	g.log.Info("configuration changed", "config", short(h), "peers", len(want.tunnel.Peers), "services", len(want.services))
+	g.wanted, g.wantedHash = want, h
+	if g.disc != nil && !bytes.Equal(in.encode(), g.inputs.encode()) {
+		if err := saveInputs(filepath.Join(g.opts.StateDir, DiscoveredName), in); err != nil {
+			g.log.Warn("saving what was learned", "err", err)
+		}
+		g.inputs = in
+	}
 }
 
 // refuse records a refused configuration; it is logged once per message.

@@ -52,6 +52,9 @@ func caCmd(args []string, out io.Writer) error {
 			return usagef("ca issue: name exactly one cluster")
 		}
 		cluster := pos[0]
+		if !catalog.ValidName(cluster) {
+			return usagef("ca issue: %q is not a cluster name (lowercase letters, digits and '-', at most 63, like a DNS label; the site's name)", cluster)
+		}
 		b, err := netip.ParsePrefix(*block)
 		if err != nil || b.Masked() != b || !b.Addr().Is4() {
 			return usagef("ca issue: --block %q is not an IPv4 prefix such as 242.1.0.0/16", *block)

@@ -336,3 +336,6 @@ func (c *Clock) Observe(v uint64) {
 func VersionTime(v uint64) time.Time {
 	return time.UnixMilli(int64(v >> counterBits))
 }
+
+// ValidName says whether s can name a cluster: a DNS label, lowercase.
+func ValidName(s string) bool { return validName(s) }

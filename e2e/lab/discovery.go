@@ -71,7 +71,7 @@ func (l *Lab) writeDiscovery(full MeshDoc) error {
 		if err != nil {
 			return err
 		}
-		id := catalog.Identity{Cert: ca.Issue(s.Name, s.Block, pub, time.Now().Add(-time.Minute), 30*24*time.Hour), Key: priv}
+		id := catalog.Identity{Cert: ca.Issue(s.Name, s.Block, pub, time.Now().Add(-time.Minute), 365*24*time.Hour), Key: priv}
 		if err := trustfile.SaveIdentity(filepath.Join(l.Dir, s.Name, gateway.IdentityName), id); err != nil {
 			return err
 		}

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 )
 
 // Forwarder carries TCP connections made to an address inside a namespace
@@ -61,9 +62,12 @@ func (f *Forwarder) pipe(in net.Conn) {
 	if !f.track(in) {
 		return
 	}
-	out, err := net.Dial("tcp", f.target)
+	out, err := net.DialTimeout("tcp", f.target, 5*time.Second)
 	if err != nil {
 		in.Close()
+		f.mu.Lock()
+		delete(f.conns, in)
+		f.mu.Unlock()
 		return
 	}
 	if !f.track(out) {

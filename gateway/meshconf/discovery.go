@@ -107,6 +107,14 @@ func (d *decoder) discovery(n *yaml.Node) *Discovery {
 			d.Fail(v, field+"."+key, "%q: %v", s, err)
 			return ""
 		}
+		host, port, _ := net.SplitHostPort(s)
+		if host == "" {
+			return net.JoinHostPort("0.0.0.0", port)
+		}
+		if _, err := netip.ParseAddr(host); err != nil && key != "dns" {
+			d.Fail(v, field+"."+key, "%q: want an IP address, not a name: gossip binds and advertises addresses", s)
+			return ""
+		}
 		return s
 	}
 	if s := hostPort("bind", true); s != "" {

@@ -34,7 +34,7 @@ func TestParseDiscovery(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := m.Discovery
-	if d == nil || len(d.CA) != 32 || len(d.GossipKeys) != 2 || len(d.GossipKeys[1]) != 16 || len(d.Seeds) != 2 || d.DNS != ":53" || d.Region != "eu-west" {
+	if d == nil || len(d.CA) != 32 || len(d.GossipKeys) != 2 || len(d.GossipKeys[1]) != 16 || len(d.Seeds) != 2 || d.DNS != "0.0.0.0:53" || d.Region != "eu-west" {
 		t.Fatalf("discovery = %+v", d)
 	}
 	if d.Bind != "0.0.0.0:7946" {
@@ -61,6 +61,7 @@ func TestParseDiscoveryRefuses(t *testing.T) {
 		{"bad seed", "  ca: " + caKey + "\n  gossipKeys: [" + gossipKey + "]\n  seeds: [198.18.1.2]", "discovery.seeds[0]"},
 		{"seed without host", "  ca: " + caKey + "\n  gossipKeys: [" + gossipKey + "]\n  seeds: [':7946']", "host is empty"},
 		{"bad port", "  ca: " + caKey + "\n  gossipKeys: [" + gossipKey + "]\n  dns: ':99999'", "discovery.dns"},
+		{"bind by name", "  ca: " + caKey + "\n  gossipKeys: [" + gossipKey + "]\n  bind: localhost:7946", "want an IP address"},
 		{"unknown field", "  ca: " + caKey + "\n  gossipKeys: [" + gossipKey + "]\n  sedes: []", "discovery.sedes: unknown field"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
