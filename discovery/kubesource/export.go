@@ -160,21 +160,7 @@ func unicast(a netip.Addr) bool {
 
 // dnsLabel is an RFC 1123 label: what Kubernetes allows for namespaces
 // and port names, and what the catalog requires.
-func dnsLabel(s string) bool {
-	if len(s) == 0 || len(s) > 63 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
-		case c == '-' && i > 0 && i < len(s)-1:
-		default:
-			return false
-		}
-	}
-	return true
-}
+func dnsLabel(s string) bool { return catalog.ValidName(s) }
 
 func (e Export) equal(o Export) bool {
 	return e.Namespace == o.Namespace && e.Name == o.Name && e.ClusterIP == o.ClusterIP &&
