@@ -48,6 +48,9 @@ demo: deps build
 	@echo
 	@$(BIN)/strait lab matrix --run demo --paths
 	@echo
+	@echo "cloud-b-pod1 resolves cloud-a's service through cloud-b's gateway, which learned it by gossip:"
+	@$(BIN)/strait lab exec --run demo cloud-b-pod1 -- dig +noall +answer @172.31.0.1 cloud-a-pod1.default.svc.clusterset.local
+	@echo
 	@$(BIN)/strait lab status --run demo | sed -n '/^gateway/,$$p'
 	@echo
 	@echo "The lab stays up. Explore it:"

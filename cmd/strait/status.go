@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -90,6 +91,38 @@ func printStatus(w io.Writer, st gateway.Status) {
 	}
 	fmt.Fprintf(w, "  nat: %d service mappings, %d pods by egress rule, sources %s, translated toward %s, %d drifts repaired\n",
 		st.NAT.Services, st.NAT.EgressPods, strings.Join(st.NAT.EgressNets, ", "), strings.Join(st.NAT.Translated, ", "), st.NAT.Drifts)
+	if d := st.Discovery; d != nil {
+		var alive, clusters []string
+		for _, m := range d.Members {
+			if m.State == "alive" {
+				alive = append(alive, m.Name)
+			}
+		}
+		for c, up := range d.Clusters {
+			if !up {
+				c += " (down)"
+			}
+			clusters = append(clusters, c)
+		}
+		slices.Sort(alive)
+		slices.Sort(clusters)
+		var rejected []string
+		for reason, n := range d.Catalog.Rejected {
+			rejected = append(rejected, fmt.Sprintf("%s %d", reason, n))
+		}
+		slices.Sort(rejected)
+		if len(rejected) == 0 {
+			rejected = []string{"none"}
+		}
+		fmt.Fprintf(w, "  discovery: members alive %s; catalog: clusters %s, %d services; refused: %s, %d malformed, %d packets with a wrong key\n",
+			strings.Join(alive, ", "), strings.Join(clusters, ", "), d.Services, strings.Join(rejected, ", "), d.Gossip.Malformed, d.Gossip.WrongKey)
+		if d.DNS != nil {
+			fmt.Fprintf(w, "  dns: clusterset.local, %d queries answered\n", d.DNS.Queries)
+		}
+		for _, p := range d.Problems {
+			fmt.Fprintf(w, "  DISCOVERY: %s\n", p)
+		}
+	}
 	fmt.Fprintf(w, "  %-10s %-22s %-34s %-11s %10s %10s\n", "PEER", "ENDPOINT", "ALLOWED IPS", "HANDSHAKE", "RX", "TX")
 	for _, p := range t.Peers {
 		hs := "never"
