@@ -1,6 +1,7 @@
-// Package cni will hold strait-cni, the CNI plugin that gives each pod a
-// veth, a /32 with a link-local default route, and an address from the
-// node's pod CIDR.
-//
-// Nothing is implemented yet; the lab's pods are wired by e2e/lab meanwhile.
+// Package cni is strait's pod networking inside a node: cni/plugin is
+// strait-cni (CNI spec 1.1.0: a veth, a /32 and /128 from the node's pod
+// CIDRs, a default route through a link-local gateway), and cni/ipam keeps
+// the node's address allocations, safe across parallel ADDs, crashes and
+// restarts. strait-agent (package nodeagent) writes the plugin's conflist
+// and its readiness.
 package cni
