@@ -1,7 +1,10 @@
-// Package nodeagent will hold strait's node agent: it watches the cluster's
-// Nodes, routes other nodes' pod CIDRs (directly or over VXLAN), routes mesh
-// destinations to the cluster's gateway, enforces NetworkPolicy with eBPF
-// and writes the CNI configuration once the node is ready.
+// Package nodeagent is strait-agent, the node agent: it watches the
+// cluster's Nodes through client-go, routes other nodes' pod CIDRs
+// (directly when the nodes share a link, over VXLAN otherwise), routes the
+// mesh's destinations to the cluster's gateway, writes strait-cni's
+// conflist, and tells strait-cni whether the node is ready for pods and,
+// when it is not, why.
 //
-// Nothing is implemented yet; the lab's nodes are wired by e2e/lab meanwhile.
+// Plan decides (pure, unit tested); dataplane applies with netlink, owning
+// the routes of protocol 246 and the VXLAN device strait.vx.
 package nodeagent

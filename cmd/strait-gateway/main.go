@@ -11,19 +11,17 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
 	"github.com/straitnet/strait/gateway"
 	"github.com/straitnet/strait/gateway/tunnel"
+	"github.com/straitnet/strait/internal/cli"
 	"github.com/straitnet/strait/natpool/kubestore"
 )
 
@@ -133,7 +131,7 @@ func run(args []string) error {
 	}
 	var cfg *rest.Config
 	if useKube || *allocations == "kubernetes" {
-		if cfg, err = kubeConfig(*kubeconfig); err != nil {
+		if cfg, err = cli.KubeConfig(*kubeconfig); err != nil {
 			return err
 		}
 	}
@@ -159,7 +157,7 @@ func run(args []string) error {
 	default:
 		return fmt.Errorf("--allocations %q: want file or kubernetes", *allocations)
 	}
-	logger, err := newLogger(*logLevel, *logFormat, os.Stderr)
+	logger, err := cli.NewLogger(*logLevel, *logFormat, os.Stderr)
 	if err != nil {
 		return err
 	}
@@ -187,41 +185,9 @@ func run(args []string) error {
 	return gateway.Run(ctx, o, reload)
 }
 
-func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(strings.ToUpper(level))); err != nil {
-		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
-	}
-	opts := &slog.HandlerOptions{Level: l}
-	switch format {
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
-	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
-	}
-	return nil, fmt.Errorf("--log-format %q: want json or text", format)
-}
-
 func envOr(key, def string) string {
 	if v := os.Getenv(key); v != "" {
 		return v
 	}
 	return def
-}
-
-// kubeConfig is the client configuration from a kubeconfig file, or the
-// pod's service account when path is empty.
-func kubeConfig(path string) (*rest.Config, error) {
-	if path == "" {
-		cfg, err := rest.InClusterConfig()
-		if err != nil {
-			return nil, fmt.Errorf("not in a cluster (%v); give --kubeconfig", err)
-		}
-		return cfg, nil
-	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", path)
-	if err != nil {
-		return nil, fmt.Errorf("--kubeconfig %s: %w", path, err)
-	}
-	return cfg, nil
 }
