@@ -14,6 +14,8 @@ LDFLAGS := -X main.version=$(VERSION)
 DEB_PACKAGES := iproute2:ip nftables:nft wireguard-tools:wg wireguard-go:wireguard-go \
 	iperf3:iperf3 iputils-ping:ping conntrack:conntrack tcpdump:tcpdump etcd-server:etcd \
 	dnsperf:dnsperf bind9-dnsutils:dig
+# Debian packages whose files are not in PATH, and a file of each.
+DEB_FILES := containernetworking-plugins:/usr/lib/cni/bridge
 
 .PHONY: all build deps demo test check kube-apiserver bench fuzz clean
 
@@ -23,6 +25,9 @@ all: build
 deps:
 	@missing=""; for pc in $(DEB_PACKAGES); do \
 		command -v "$${pc#*:}" >/dev/null 2>&1 || missing="$$missing $${pc%%:*}"; \
+	done; \
+	for pf in $(DEB_FILES); do \
+		test -e "$${pf#*:}" || missing="$$missing $${pf%%:*}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \

@@ -34,6 +34,9 @@ func TestBenchmarksRun(t *testing.T) {
 		{name: "dns", rounds: 1, size: 1000, quick: true, duration: time.Second, needs: []string{"dnsperf"}},
 		// 10 members, 3 changes, without the WAN baseline's minute.
 		{name: "gossip", rounds: 3, size: 10, quick: true},
+		// 10 pods per plugin, one round: every ADD and DEL still checked
+		// (the reference plugins are files, not commands in PATH).
+		{name: "cni", rounds: 1, size: 10, needs: []string{"/usr/lib/cni/bridge", "/usr/lib/cni/host-local"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			nstest.RequireCommands(t, tt.needs...)
