@@ -17,7 +17,7 @@ DEB_PACKAGES := iproute2:ip nftables:nft wireguard-tools:wg wireguard-go:wiregua
 # Debian packages whose files are not in PATH, and a file of each.
 DEB_FILES := containernetworking-plugins:/usr/lib/cni/bridge
 
-.PHONY: all build deps demo test check kube-apiserver bench fuzz clean
+.PHONY: all build deps demo test check kube-apiserver bench fuzz generate clean
 
 all: build
 
@@ -102,6 +102,13 @@ fuzz:
 	$(GO) test ./e2e/lab -run '^$$' -fuzz FuzzParseReply -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
 	$(GO) test ./discovery/dnsserver -run '^$$' -fuzz FuzzServeDNS -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
 	$(GO) test ./discovery/catalog -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
+
+## generate: rebuild the committed eBPF objects and their Go bindings (Debian's clang, libbpf-dev)
+generate:
+	@command -v clang >/dev/null && test -e /usr/include/bpf/bpf_helpers.h || { \
+		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends clang libbpf-dev >/dev/null; }
+	$(GO) generate ./nodeagent/bpf/
 
 clean:
 	rm -rf $(BIN)

@@ -3,6 +3,7 @@ module github.com/straitnet/strait
 go 1.26.0
 
 require (
+	github.com/cilium/ebpf v0.22.0
 	github.com/containernetworking/cni v1.3.1
 	github.com/google/nftables v0.3.0
 	github.com/hashicorp/memberlist v0.7.0

@@ -61,6 +61,9 @@ type Options struct {
 	MTU int
 	// Interval is how often the agent repairs drift; default 10s.
 	Interval time.Duration
+	// NoPolicy turns NetworkPolicy enforcement off (it is on by default:
+	// eBPF on every pod's host-side veth).
+	NoPolicy bool
 	Logger   *slog.Logger
 }
 
@@ -70,6 +73,7 @@ type Agent struct {
 	log   *slog.Logger
 	dp    dataplane
 	nodes cache.Indexer
+	pol   *policies // nil with NoPolicy
 
 	mu       sync.Mutex
 	state    plugin.AgentState
@@ -127,9 +131,18 @@ func (a *Agent) Run(ctx context.Context) error {
 		UpdateFunc: func(any, any) { poke() },
 		DeleteFunc: func(any) { poke() },
 	})
+	if !a.opts.NoPolicy {
+		enf, err := NewEnforcer()
+		if err != nil {
+			a.setState(false, fmt.Sprintf("NetworkPolicy enforcement: %v", err))
+			return err
+		}
+		defer enf.Close()
+		a.pol = watchPolicies(factory, enf, poke)
+	}
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
-	for !inf.HasSynced() {
+	for !inf.HasSynced() || (a.pol != nil && !a.pol.hasSynced()) {
 		select {
 		case <-ctx.Done():
 			return nil
@@ -208,6 +221,16 @@ func (a *Agent) reconcile(ctx context.Context) {
 			return
 		}
 		mtu -= vxlanOverhead // a pod's packets may cross VXLAN
+	}
+	if a.pol != nil {
+		polProblems, err := a.pol.sync(a.opts.NodeName)
+		problems = append(problems, polProblems...)
+		if err != nil {
+			// New pods wait rather than start without their policy.
+			a.setState(false, fmt.Sprintf("NetworkPolicy: %v", err))
+			a.report(problems)
+			return
+		}
 	}
 	if err := a.writeConflist(self.PodCIDRs, mtu); err != nil {
 		a.setState(false, fmt.Sprintf("writing the CNI configuration: %v", err))

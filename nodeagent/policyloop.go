@@ -1,0 +1,125 @@
+package nodeagent
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/straitnet/strait/cni/plugin"
+	"github.com/vishvananda/netlink"
+
+	"github.com/straitnet/strait/nodeagent/policy"
+)
+
+// policies is the agent's NetworkPolicy enforcement: the informers it
+// compiles from and the enforcer it programs.
+type policies struct {
+	enf                   *Enforcer
+	pols, pods, nss       cache.Indexer
+	synced                []cache.InformerSynced
+	lastProblems          []string
+	lastEntries, lastPods int
+}
+
+// watchPolicies registers the informers policy needs; poke asks for a pass.
+func watchPolicies(f informers.SharedInformerFactory, enf *Enforcer, poke func()) *policies {
+	h := cache.ResourceEventHandlerFuncs{AddFunc: func(any) { poke() }, UpdateFunc: func(any, any) { poke() }, DeleteFunc: func(any) { poke() }}
+	p := &policies{enf: enf}
+	for _, inf := range []cache.SharedIndexInformer{
+		f.Networking().V1().NetworkPolicies().Informer(), f.Core().V1().Pods().Informer(), f.Core().V1().Namespaces().Informer(),
+	} {
+		inf.AddEventHandler(h)
+		p.synced = append(p.synced, inf.HasSynced)
+	}
+	p.pols = f.Networking().V1().NetworkPolicies().Informer().GetIndexer()
+	p.pods = f.Core().V1().Pods().Informer().GetIndexer()
+	p.nss = f.Core().V1().Namespaces().Informer().GetIndexer()
+	return p
+}
+
+func (p *policies) hasSynced() bool {
+	for _, s := range p.synced {
+		if !s() {
+			return false
+		}
+	}
+	return true
+}
+
+// sync compiles the policies for this node's pods, programs the maps
+// (only what changed) and attaches the programs to every pod veth
+// strait-cni made. It returns what could not be compiled.
+func (p *policies) sync(node string) ([]string, error) {
+	var pols []*networkingv1.NetworkPolicy
+	for _, o := range p.pols.List() {
+		if np, ok := o.(*networkingv1.NetworkPolicy); ok {
+			pols = append(pols, np)
+		}
+	}
+	var pods []*corev1.Pod
+	var local []netip.Addr
+	for _, o := range p.pods.List() {
+		pod, ok := o.(*corev1.Pod)
+		if !ok {
+			continue
+		}
+		pods = append(pods, pod)
+		if pod.Spec.NodeName != node || pod.Spec.HostNetwork {
+			continue
+		}
+		for _, ip := range pod.Status.PodIPs {
+			if a, err := netip.ParseAddr(ip.IP); err == nil && a.Is4() {
+				local = append(local, a)
+			}
+		}
+	}
+	var nss []*corev1.Namespace
+	for _, o := range p.nss.List() {
+		if ns, ok := o.(*corev1.Namespace); ok {
+			nss = append(nss, ns)
+		}
+	}
+	prog, problems := policy.Compile(pols, pods, nss, local)
+	if _, err := p.enf.Sync(prog); err != nil {
+		return problems, fmt.Errorf("programming policy maps: %w", err)
+	}
+	p.lastEntries, p.lastPods = len(prog.Entries), len(local)
+	return problems, p.attach()
+}
+
+// attach puts the programs on every host veth strait-cni made (by their
+// alias) and takes them off those that went.
+func (p *policies) attach() error {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return err
+	}
+	present := map[string]bool{}
+	var errs []string
+	for _, l := range links {
+		a := l.Attrs()
+		if !strings.HasPrefix(a.Alias, plugin.AliasPrefix) {
+			continue
+		}
+		present[a.Name] = true
+		if err := p.enf.Attach(a.Name); err != nil {
+			errs = append(errs, err.Error())
+		}
+	}
+	for _, n := range p.enf.Attached() {
+		if !present[n] {
+			p.enf.Detach(n)
+		}
+	}
+	if len(errs) > 0 {
+		slices.Sort(errs)
+		return fmt.Errorf("%s", strings.Join(errs, "; "))
+	}
+	return nil
+}
