@@ -46,16 +46,7 @@ type node struct {
 
 func newNS(t *testing.T, role string) netns.NS {
 	t.Helper()
-	ns, err := netns.Add(netns.Prefix + "cni" + nstest.RunID() + "-" + role)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := netns.Delete(ns.Name); err != nil {
-			t.Error(err)
-		}
-	})
-	return ns
+	return nstest.New(t, "cni-"+role)
 }
 
 func newNode(t *testing.T, cidrs ...string) *node {
@@ -340,5 +331,39 @@ func TestParallelAdds(t *testing.T) {
 			t.Fatalf("%s went to both %d and %d", a, j, i)
 		}
 		seen[a] = i
+	}
+}
+
+func TestDualStack(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, "10.0.6.0/24", "fd00:6::/120")
+	if out, err := n.sh(n.ns, "ip", "-6", "addr", "add", "fd00:ffff::11/128", "dev", "lo"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	pod := newNS(t, "pod")
+	r := n.add("c6", pod, "eth0")
+	if len(r.IPs) != 2 {
+		t.Fatalf("dual stack gave %d addresses: %+v", len(r.IPs), r.IPs)
+	}
+	v6 := netip.MustParsePrefix(r.IPs[1].Address)
+	if v6.Bits() != 128 || !netip.MustParsePrefix("fd00:6::/120").Contains(v6.Addr()) || r.IPs[1].Gateway != "fe80::1" {
+		t.Fatalf("IPv6 address %s via %s", r.IPs[1].Address, r.IPs[1].Gateway)
+	}
+	if out, _ := n.sh(pod, "ip", "-6", "route"); !strings.Contains(out, "default via fe80::1 dev eth0") {
+		t.Errorf("pod's IPv6 routes:\n%s", out)
+	}
+	// The node reaches the pod over IPv6 too.
+	var out string
+	var err error
+	for range 10 { // neighbour discovery of the pod's address
+		if out, err = n.sh(n.ns, "ping", "-6", "-c1", "-W1", v6.Addr().String()); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("node to pod over IPv6: %v\n%s", err, out)
+	}
+	if _, e := n.run("CHECK", "c6", path(pod), "eth0", nil); e != nil {
+		t.Fatalf("CHECK: %+v", *e)
 	}
 }
