@@ -37,6 +37,9 @@ func TestBenchmarksRun(t *testing.T) {
 		// 10 pods per plugin, one round: every ADD and DEL still checked
 		// (the reference plugins are files, not commands in PATH).
 		{name: "cni", rounds: 1, size: 10, needs: []string{"/usr/lib/cni/bridge", "/usr/lib/cni/host-local"}},
+		// One round of each state (1,000 rules, no policy, detached), 2 s
+		// each: the counters still checked.
+		{name: "pod-throughput", rounds: 1},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			nstest.RequireCommands(t, tt.needs...)
