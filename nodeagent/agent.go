@@ -52,8 +52,9 @@ type Options struct {
 	// plugin.DefaultAgentState); CNIDataDir is strait-cni's address
 	// store (default plugin.DefaultDataDir).
 	CNIConfDir, StateFile, CNIDataDir string
-	// CNIVersion of the conflist; default 1.1.0. Chain lists plugins to
-	// run after strait-cni (such as portmap), by type.
+	// CNIVersion of the conflist; default 1.1.0, or 1.0.0 with a chain.
+	// Chain lists plugins to run after strait-cni (such as portmap), by
+	// type.
 	CNIVersion string
 	Chain      []string
 	// MTU of pods; default the node's link MTU, less VXLAN's overhead
@@ -96,7 +97,13 @@ func New(opts Options) (*Agent, error) {
 		opts.CNIDataDir = plugin.DefaultDataDir
 	}
 	if opts.CNIVersion == "" {
+		// Spec 1.1.0 brings STATUS and GC; the reference plugins of
+		// Debian's containernetworking-plugins stop at 1.0.0, and a chain
+		// runs at one version.
 		opts.CNIVersion = "1.1.0"
+		if len(opts.Chain) > 0 {
+			opts.CNIVersion = "1.0.0"
+		}
 	}
 	if opts.Interval <= 0 {
 		opts.Interval = 10 * time.Second
