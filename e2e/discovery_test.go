@@ -115,7 +115,7 @@ func TestDiscoveryMesh(t *testing.T) {
 	if err := l.StopGateway("cloud-a"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "cloud-a's service withdrawn from DNS", func() error {
+	nstest.Eventually(t, 10*time.Second, "cloud-a's service withdrawn from DNS", func() error {
 		r, err := query(l, from, "cloud-b", name, dns.TypeA)
 		if err != nil {
 			return err
@@ -128,7 +128,7 @@ func TestDiscoveryMesh(t *testing.T) {
 	if err := l.StartGateway("cloud-a"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 20*time.Second, "cloud-a's service back in DNS", func() error {
+	nstest.Eventually(t, 20*time.Second, "cloud-a's service back in DNS", func() error {
 		r, err := query(l, from, "cloud-b", name, dns.TypeA)
 		if err != nil {
 			return err
@@ -203,7 +203,7 @@ func TestServiceExportBecomesImport(t *testing.T) {
 
 	// cloud-b gets the ServiceImport, with cloud-a's ingress address.
 	var ip string
-	eventually(t, 30*time.Second, "ServiceImport shop/web in cloud-b", func() error {
+	nstest.Eventually(t, 30*time.Second, "ServiceImport shop/web in cloud-b", func() error {
 		si, err := b.mcs.MulticlusterV1alpha1().ServiceImports("shop").Get(ctx, "web", metav1.GetOptions{})
 		if err != nil {
 			return err
@@ -222,7 +222,7 @@ func TestServiceExportBecomesImport(t *testing.T) {
 	}
 	// cloud-a's ServiceExport says it is exported; cloud-a imports
 	// nothing of its own.
-	eventually(t, 30*time.Second, "ServiceExport shop/web valid and ready", func() error {
+	nstest.Eventually(t, 30*time.Second, "ServiceExport shop/web valid and ready", func() error {
 		se, err := a.mcs.MulticlusterV1alpha1().ServiceExports("shop").Get(ctx, "web", metav1.GetOptions{})
 		if err != nil {
 			return err
@@ -265,7 +265,7 @@ func TestServiceExportBecomesImport(t *testing.T) {
 	if err := a.mcs.MulticlusterV1alpha1().ServiceExports("shop").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "ServiceImport shop/web gone from cloud-b", func() error {
+	nstest.Eventually(t, 30*time.Second, "ServiceImport shop/web gone from cloud-b", func() error {
 		_, err := b.mcs.MulticlusterV1alpha1().ServiceImports("shop").Get(ctx, "web", metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			return nil

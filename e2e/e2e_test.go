@@ -126,15 +126,3 @@ func peer(t *testing.T, st gateway.Status, site string) tunnel.PeerStatus {
 	t.Fatalf("gateway %s has no peer %s", st.Site, site)
 	return tunnel.PeerStatus{}
 }
-
-// eventually polls cond until it holds or the time is up.
-func eventually(t *testing.T, within time.Duration, what string, cond func() error) {
-	t.Helper()
-	var err error
-	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if err = cond(); err == nil {
-			return
-		}
-	}
-	t.Fatalf("%s: not within %s: %v", what, within, err)
-}

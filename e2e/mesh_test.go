@@ -18,6 +18,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/straitnet/strait/e2e/lab"
+	"github.com/straitnet/strait/e2e/netns/nstest"
 )
 
 // TestMergerEverySiteReachesEvery brings up the merger topology (cloud-a
@@ -250,7 +251,7 @@ func TestEndpointChangeKeepsOtherSessions(t *testing.T) {
 	if err := l.WriteMesh(m); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "cloud-b listens on 51821 and cloud-a sends there", func() error {
+	nstest.Eventually(t, 10*time.Second, "cloud-b listens on 51821 and cloud-a sends there", func() error {
 		if p := status(t, l, "cloud-b").Tunnel.ListenPort; p != 51821 {
 			return fmt.Errorf("cloud-b listens on %d", p)
 		}
@@ -301,7 +302,7 @@ func TestBadConfigKeepsLastGood(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, site := range []string{"cloud-a", "cloud-b", "onprem"} {
-		eventually(t, 5*time.Second, site+" refuses the file", func() error {
+		nstest.Eventually(t, 5*time.Second, site+" refuses the file", func() error {
 			st := status(t, l, site)
 			if st.Config.Refused == nil {
 				return fmt.Errorf("not refused")
@@ -323,7 +324,7 @@ func TestBadConfigKeepsLastGood(t *testing.T) {
 	if err := l.WriteMesh(m); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "cloud-a takes the good file", func() error {
+	nstest.Eventually(t, 5*time.Second, "cloud-a takes the good file", func() error {
 		st := status(t, l, "cloud-a")
 		if st.Config.Refused != nil || st.Config.Hash == goodHash["cloud-a"] {
 			return fmt.Errorf("hash %s, refused %v", st.Config.Hash, st.Config.Refused)

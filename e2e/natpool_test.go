@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/straitnet/strait/e2e/lab"
+	"github.com/straitnet/strait/e2e/netns/nstest"
 	"github.com/straitnet/strait/gateway"
 	"github.com/straitnet/strait/natpool"
 )
@@ -220,7 +221,7 @@ func TestDriftRepaired(t *testing.T) {
 	} {
 		nft(edit...)
 		start := time.Now()
-		eventually(t, 10*time.Second, fmt.Sprintf("the gateway repairs %v", edit), func() error {
+		nstest.Eventually(t, 10*time.Second, fmt.Sprintf("the gateway repairs %v", edit), func() error {
 			if st := status(t, l, "cloud-b"); st.NAT.Drifts < i+1 {
 				return fmt.Errorf("%d drifts repaired", st.NAT.Drifts)
 			}
@@ -250,7 +251,7 @@ services:
 	if err := os.WriteFile(l.SiteFile("cloud-b"), []byte(bad), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "cloud-b refuses the site file", func() error {
+	nstest.Eventually(t, 5*time.Second, "cloud-b refuses the site file", func() error {
 		st := status(t, l, "cloud-b")
 		if st.Config.Refused == nil {
 			return errors.New("not refused")

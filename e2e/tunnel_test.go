@@ -83,7 +83,7 @@ func TestPeerRemovedAndRestored(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, site := range []string{"cloud-a", "cloud-b"} {
-		eventually(t, 5*time.Second, site+" drops onprem", func() error {
+		nstest.Eventually(t, 5*time.Second, site+" drops onprem", func() error {
 			st := status(t, l, site)
 			if len(st.Tunnel.Peers) != 1 {
 				return fmt.Errorf("%d peers", len(st.Tunnel.Peers))
@@ -115,7 +115,7 @@ func TestPeerRemovedAndRestored(t *testing.T) {
 	if got := peer(t, status(t, l, "cloud-a"), "cloud-b").LastHandshake; !got.Equal(ab) {
 		t.Errorf("cloud-a's session with cloud-b changed (%s -> %s) when onprem left", ab, got)
 	}
-	eventually(t, 5*time.Second, "onprem refuses a mesh without itself", func() error {
+	nstest.Eventually(t, 5*time.Second, "onprem refuses a mesh without itself", func() error {
 		st := status(t, l, "onprem")
 		if st.Config.Refused == nil || !strings.Contains(st.Config.Refused.Msg, `site "onprem" is not in the mesh configuration`) {
 			return fmt.Errorf("refused: %+v", st.Config.Refused)

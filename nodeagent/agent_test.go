@@ -168,7 +168,7 @@ func TestAgentRoutesNodesAndPods(t *testing.T) {
 	if err := kc.CoreV1().Nodes().Delete(ctx, "n2", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "n1 drops the route to n2's pods", func() error {
+	nstest.Eventually(t, 10*time.Second, "n1 drops the route to n2's pods", func() error {
 		if r := ip(t, nodes[0].ns, "route", "show", "proto", "246"); strings.Contains(r, "10.0.2.0/24") {
 			return fmt.Errorf("still:\n%s", r)
 		}
@@ -187,13 +187,13 @@ func TestAgentSaysWhyNotReady(t *testing.T) {
 	}
 	n := &testNode{name: "bare", ns: nstest.New(t, "bare"), dir: t.TempDir()}
 	startAgent(t, srv, n.ns, "bare", n.dir)
-	eventually(t, 20*time.Second, "the missing Node named", func() error {
+	nstest.Eventually(t, 20*time.Second, "the missing Node named", func() error {
 		return reason(n, `the Node "bare" does not exist`)
 	})
 	if _, err := kc.CoreV1().Nodes().Create(context.Background(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "bare"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 20*time.Second, "the missing pod CIDRs named", func() error {
+	nstest.Eventually(t, 20*time.Second, "the missing pod CIDRs named", func() error {
 		return reason(n, "has no spec.podCIDRs yet")
 	})
 	if _, err := os.Stat(filepath.Join(n.dir, nodeagent.ConflistName)); err == nil {
@@ -248,7 +248,7 @@ func startAgent(t *testing.T, srv *kube.Server, ns netns.NS, node, dir string) {
 
 func waitReady(t *testing.T, n *testNode) {
 	t.Helper()
-	eventually(t, 30*time.Second, n.name+" ready", func() error {
+	nstest.Eventually(t, 30*time.Second, n.name+" ready", func() error {
 		data, err := os.ReadFile(filepath.Join(n.dir, "agent.json"))
 		if err != nil {
 			return err
@@ -304,15 +304,4 @@ func cniCmd(t *testing.T, n *testNode, command, container, netnsPath string) []b
 		t.Errorf("%s %s on %s: %v\n%s", command, container, n.name, err, out)
 	}
 	return out
-}
-
-func eventually(t *testing.T, within time.Duration, what string, cond func() error) {
-	t.Helper()
-	var err error
-	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if err = cond(); err == nil {
-			return
-		}
-	}
-	t.Fatalf("%s: not within %s: %v", what, within, err)
 }

@@ -84,7 +84,7 @@ func TestAgentEnforcesNetworkPolicy(t *testing.T) {
 	}()
 	expect := func(what string, a, c bool) {
 		t.Helper()
-		eventually(t, 15*time.Second, what, func() error {
+		nstest.Eventually(t, 15*time.Second, what, func() error {
 			gotA, gotC := connects(pods["a"].net, pods["b"].ip, 80), connects(pods["c"].net, pods["b"].ip, 80)
 			if gotA != a || gotC != c {
 				return fmt.Errorf("team-a reaches shop/web: %v (want %v); team-b: %v (want %v)", gotA, a, gotC, c)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"testing"
+	"time"
 
 	"github.com/straitnet/strait/e2e/netns"
 )
@@ -63,4 +64,17 @@ func New(t testing.TB, name string) netns.NS {
 		}
 	})
 	return ns
+}
+
+// Eventually polls cond every 100ms until it holds, and fails the test
+// with cond's last error, naming what, if it does not within the time.
+func Eventually(t testing.TB, within time.Duration, what string, cond func() error) {
+	t.Helper()
+	var err error
+	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if err = cond(); err == nil {
+			return
+		}
+	}
+	t.Fatalf("%s: not within %s: %v", what, within, err)
 }
