@@ -52,9 +52,8 @@ type Options struct {
 	// plugin.DefaultAgentState); CNIDataDir is strait-cni's address
 	// store (default plugin.DefaultDataDir).
 	CNIConfDir, StateFile, CNIDataDir string
-	// CNIVersion of the conflist; default 1.1.0, or 1.0.0 with a chain.
-	// Chain lists plugins to run after strait-cni (such as portmap), by
-	// type.
+	// CNIVersion of the conflist; default: see Conflist. Chain lists
+	// plugins to run after strait-cni (such as portmap), by type.
 	CNIVersion string
 	Chain      []string
 	// MTU of pods; default the node's link MTU, less VXLAN's overhead
@@ -95,15 +94,6 @@ func New(opts Options) (*Agent, error) {
 	}
 	if opts.CNIDataDir == "" {
 		opts.CNIDataDir = plugin.DefaultDataDir
-	}
-	if opts.CNIVersion == "" {
-		// Spec 1.1.0 brings STATUS and GC; the reference plugins of
-		// Debian's containernetworking-plugins stop at 1.0.0, and a chain
-		// runs at one version.
-		opts.CNIVersion = "1.1.0"
-		if len(opts.Chain) > 0 {
-			opts.CNIVersion = "1.0.0"
-		}
 	}
 	if opts.Interval <= 0 {
 		opts.Interval = 10 * time.Second
@@ -230,7 +220,11 @@ func (a *Agent) reconcile(ctx context.Context) {
 		mtu -= vxlanOverhead // a pod's packets may cross VXLAN
 	}
 	if a.pol != nil {
-		polProblems, err := a.pol.sync(a.opts.NodeName)
+		nodeAddrs := []netip.Addr{self.InternalIP}
+		if vtep, ok := VTEPAddr(self); ok {
+			nodeAddrs = append(nodeAddrs, vtep)
+		}
+		polProblems, err := a.pol.sync(a.opts.NodeName, nodeAddrs, a.opts.CNIDataDir, self.PodCIDRs)
 		problems = append(problems, polProblems...)
 		if err != nil {
 			// New pods wait rather than start without their policy.
@@ -273,7 +267,11 @@ func (a *Agent) publishMAC(ctx context.Context, mac net.HardwareAddr) error {
 }
 
 // Conflist is the CNI configuration for the node: strait-cni first, then
-// the chained plugins.
+// the chained plugins. An empty version means 1.0.0 with 1.1.0 offered in
+// cniVersions (spec 1.1.0) to runtimes that speak it, for STATUS and GC;
+// runtimes whose libcni predates 1.1.0 take 1.0.0. With a chain, 1.0.0
+// alone: Debian's reference plugins stop there, and a chain runs at one
+// version.
 func Conflist(version string, podCIDRs []netip.Prefix, mtu int, dataDir, stateFile string, chain []string) []byte {
 	var cidrs []string
 	for _, p := range podCIDRs {
@@ -290,7 +288,14 @@ func Conflist(version string, podCIDRs []netip.Prefix, mtu int, dataDir, stateFi
 		}
 		plugins = append(plugins, p)
 	}
-	b, _ := json.MarshalIndent(map[string]any{"cniVersion": version, "name": "strait", "plugins": plugins}, "", "  ")
+	list := map[string]any{"cniVersion": version, "name": "strait", "plugins": plugins}
+	if version == "" {
+		list["cniVersion"] = "1.0.0"
+		if len(chain) == 0 {
+			list["cniVersions"] = []string{"1.0.0", "1.1.0"}
+		}
+	}
+	b, _ := json.MarshalIndent(list, "", "  ")
 	return append(b, '\n')
 }
 

@@ -22,7 +22,7 @@ type Enforcer struct {
 	objs bpf.PolicyObjects
 
 	mu       sync.Mutex
-	links    map[string][2]link.Link // by host veth
+	links    map[string]attachment // by host veth
 	enforced map[policy.PodDir]bool
 	entries  map[policy.Entry]policy.PortSet
 }
@@ -32,7 +32,7 @@ func NewEnforcer() (*Enforcer, error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("nodeagent: memlock: %w", err)
 	}
-	e := &Enforcer{links: map[string][2]link.Link{}, enforced: map[policy.PodDir]bool{}, entries: map[policy.Entry]policy.PortSet{}}
+	e := &Enforcer{links: map[string]attachment{}, enforced: map[policy.PodDir]bool{}, entries: map[policy.Entry]policy.PortSet{}}
 	if err := bpf.LoadPolicyObjects(&e.objs, nil); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
@@ -43,17 +43,43 @@ func NewEnforcer() (*Enforcer, error) {
 	return e, nil
 }
 
+// attachment is the programs on one veth.
+type attachment struct {
+	ifindex int
+	links   [2]link.Link
+}
+
+func (a attachment) close() {
+	a.links[0].Close()
+	a.links[1].Close()
+}
+
 // Attach puts the programs on a pod's host-side veth (TCX): what goes to
-// the pod and what comes from it. Attaching again is a no-op.
-func (e *Enforcer) Attach(ifName string) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if _, ok := e.links[ifName]; ok {
-		return nil
-	}
+// the pod and what comes from it. pod is the pod's IPv4 address, when
+// known: the programs then take the pod's identity from the veth, and drop
+// what the pod sends from any other address. Attaching again is a no-op,
+// unless the veth was made anew under the same name.
+func (e *Enforcer) Attach(ifName string, pod netip.Addr) error {
 	l, err := netlink.LinkByName(ifName)
 	if err != nil {
 		return fmt.Errorf("nodeagent: attach to %s: %w", ifName, err)
+	}
+	idx := l.Attrs().Index
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if a, ok := e.links[ifName]; ok {
+		if a.ifindex == idx {
+			return nil
+		}
+		a.close()
+		e.objs.PolicyPods.Delete(uint32(a.ifindex))
+		delete(e.links, ifName)
+	}
+	if pod.Is4() {
+		// Before the programs: the first packet already finds its pod.
+		if err := e.objs.PolicyPods.Put(uint32(idx), addrKey(pod)); err != nil {
+			return fmt.Errorf("nodeagent: pod of %s: %w", ifName, err)
+		}
 	}
 	to, err := link.AttachTCX(link.TCXOptions{Interface: l.Attrs().Index, Program: e.objs.ToPod, Attach: ebpf.AttachTCXEgress})
 	if err != nil {
@@ -64,7 +90,7 @@ func (e *Enforcer) Attach(ifName string) error {
 		to.Close()
 		return fmt.Errorf("nodeagent: attach to %s (ingress): %w", ifName, err)
 	}
-	e.links[ifName] = [2]link.Link{to, from}
+	e.links[ifName] = attachment{ifindex: idx, links: [2]link.Link{to, from}}
 	return nil
 }
 
@@ -72,9 +98,9 @@ func (e *Enforcer) Attach(ifName string) error {
 func (e *Enforcer) Detach(ifName string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if ls, ok := e.links[ifName]; ok {
-		ls[0].Close()
-		ls[1].Close()
+	if a, ok := e.links[ifName]; ok {
+		a.close()
+		e.objs.PolicyPods.Delete(uint32(a.ifindex))
 		delete(e.links, ifName)
 	}
 }
@@ -138,10 +164,12 @@ func (e *Enforcer) Sync(p policy.Program) (SyncStats, error) {
 	defer e.mu.Unlock()
 	var st SyncStats
 	var errs []error
+	changed := map[uint32]bool{} // pods whose policy changed
 	for k, v := range p.Entries {
 		if old, ok := e.entries[k]; ok && samePorts(old, v) {
 			continue
 		}
+		changed[addrKey(k.Pod)] = true
 		key, val := ruleKey(k), portSet(v)
 		if err := e.objs.PolicyRules.Put(&key, &val); err != nil {
 			errs = append(errs, fmt.Errorf("rule %s %d %s: %w", k.Pod, k.Dir, k.Peer, err))
@@ -155,6 +183,7 @@ func (e *Enforcer) Sync(p policy.Program) (SyncStats, error) {
 		if e.enforced[k] {
 			continue
 		}
+		changed[addrKey(k.Pod)] = true
 		key := bpf.PolicyPodDir{Pod: addrKey(k.Pod), Dir: uint32(k.Dir)}
 		if err := e.objs.PolicyEnforced.Put(&key, &one); err != nil {
 			errs = append(errs, err)
@@ -167,6 +196,7 @@ func (e *Enforcer) Sync(p policy.Program) (SyncStats, error) {
 		if p.Enforced[k] {
 			continue
 		}
+		changed[addrKey(k.Pod)] = true
 		key := bpf.PolicyPodDir{Pod: addrKey(k.Pod), Dir: uint32(k.Dir)}
 		if err := e.objs.PolicyEnforced.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			errs = append(errs, err)
@@ -179,6 +209,7 @@ func (e *Enforcer) Sync(p policy.Program) (SyncStats, error) {
 		if _, ok := p.Entries[k]; ok {
 			continue
 		}
+		changed[addrKey(k.Pod)] = true
 		key := ruleKey(k)
 		if err := e.objs.PolicyRules.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			errs = append(errs, err)
@@ -187,16 +218,41 @@ func (e *Enforcer) Sync(p policy.Program) (SyncStats, error) {
 		delete(e.entries, k)
 		st.Deleted++
 	}
+	// Connections of pods whose policy changed pass the new rules again:
+	// a revoked permission does not live on in the conntrack map.
+	if len(changed) > 0 {
+		errs = append(errs, e.forget(changed))
+	}
 	return st, errors.Join(errs...)
 }
 
+// forget removes the conntrack entries of pods.
+func (e *Enforcer) forget(pods map[uint32]bool) error {
+	var k bpf.PolicyCtKey
+	var v uint64
+	var stale []bpf.PolicyCtKey
+	it := e.objs.PolicyCt.Iterate()
+	for it.Next(&k, &v) {
+		if pods[k.Pod] {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading conntrack entries: %w", err)
+	}
+	for _, k := range stale {
+		e.objs.PolicyCt.Delete(&k)
+	}
+	return nil
+}
+
 // Counters are the programs' verdicts since they were loaded.
-type Counters struct{ Allowed, Denied, Tracked, Unenforced uint64 }
+type Counters struct{ Allowed, Denied, Tracked, Unenforced, Spoofed, IPv6Denied uint64 }
 
 // Counters sums the per-CPU counters.
 func (e *Enforcer) Counters() (Counters, error) {
 	var c Counters
-	for i, dst := range []*uint64{&c.Allowed, &c.Denied, &c.Tracked, &c.Unenforced} {
+	for i, dst := range []*uint64{&c.Allowed, &c.Denied, &c.Tracked, &c.Unenforced, &c.Spoofed, &c.IPv6Denied} {
 		var per []uint64
 		if err := e.objs.PolicyCounters.Lookup(uint32(i), &per); err != nil {
 			return c, err
@@ -211,9 +267,8 @@ func (e *Enforcer) Counters() (Counters, error) {
 // Close detaches everything and unloads the programs.
 func (e *Enforcer) Close() error {
 	e.mu.Lock()
-	for n, ls := range e.links {
-		ls[0].Close()
-		ls[1].Close()
+	for n, a := range e.links {
+		a.close()
 		delete(e.links, n)
 	}
 	e.mu.Unlock()

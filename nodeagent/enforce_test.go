@@ -93,11 +93,12 @@ func TestEnforcerDropsWhatPolicyDenies(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.Close()
-	for _, c := range []string{"ca", "cb"} {
-		if err := node.ns.Do(func() error { return e.Attach(plugin.HostVeth(c, "eth0")) }); err != nil {
+	for c, ip := range map[string]netip.Addr{"ca": a, "cb": b} {
+		if err := node.ns.Do(func() error { return e.Attach(plugin.HostVeth(c, "eth0"), ip) }); err != nil {
 			t.Fatal(err)
 		}
 	}
+	ingressA := policy.PodDir{Pod: a, Dir: policy.Ingress}
 	ingressB := policy.PodDir{Pod: b, Dir: policy.Ingress}
 	egressB := policy.PodDir{Pod: b, Dir: policy.Egress}
 	egressA := policy.PodDir{Pod: a, Dir: policy.Egress}
@@ -126,6 +127,7 @@ func TestEnforcerDropsWhatPolicyDenies(t *testing.T) {
 			Entries:  map[policy.Entry]policy.PortSet{{Pod: b, Dir: policy.Ingress, Peer: netip.MustParsePrefix("10.0.7.0/24")}: tcp(400, 500)},
 		}, false, true},
 		{"default deny egress of a", policy.Program{Enforced: map[policy.PodDir]bool{egressA: true}}, false, false},
+		{"default deny ingress of a: replies to its own connections still come", policy.Program{Enforced: map[policy.PodDir]bool{ingressA: true}}, true, true},
 		{"everything allowed again", policy.Program{}, true, true},
 	}
 	for _, s := range steps {
@@ -139,8 +141,31 @@ func TestEnforcerDropsWhatPolicyDenies(t *testing.T) {
 			t.Errorf("%s: a to b:443 connects=%v, want %v", s.name, got, s.p443)
 		}
 	}
+	// A pod sending from an address that is not its own is dropped, with
+	// or without policy: it could neither pass as another pod nor plant
+	// conntrack entries.
+	if out, err := aNS.Command("ip", "addr", "add", "10.0.7.200/32", "dev", "eth0").CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	if connectsFrom(aNS, netip.MustParseAddr("10.0.7.200"), b, 80) {
+		t.Error("a pod reached b from a spoofed source address")
+	}
 	c, err := e.Counters()
-	if err != nil || c.Denied == 0 || c.Allowed == 0 || c.Tracked == 0 {
+	if err != nil || c.Denied == 0 || c.Allowed == 0 || c.Tracked == 0 || c.Spoofed == 0 {
 		t.Errorf("counters %+v %v: every kind of verdict happened", c, err)
 	}
+}
+
+// connectsFrom is connects with the client bound to src.
+func connectsFrom(from netns.NS, src, to netip.Addr, port uint16) bool {
+	var c net.Conn
+	if err := from.Do(func() (err error) {
+		d := net.Dialer{Timeout: 700 * time.Millisecond, LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}
+		c, err = d.Dial("tcp", netip.AddrPortFrom(to, port).String())
+		return err
+	}); err != nil {
+		return false
+	}
+	c.Close()
+	return true
 }

@@ -74,3 +74,23 @@ func TestPlan(t *testing.T) {
 		})
 	}
 }
+
+func TestConflist(t *testing.T) {
+	for _, tt := range []struct {
+		version, want string
+		chain         []string
+	}{
+		{"", `"cniVersion": "1.0.0",`, nil},
+		{"", `"cniVersions": [`, nil},
+		{"", `"type": "portmap"`, []string{"portmap"}},
+		{"1.1.0", `"cniVersion": "1.1.0",`, nil},
+	} {
+		got := string(Conflist(tt.version, pfx("10.0.1.0/24"), 1450, "/d", "/s", tt.chain))
+		if !strings.Contains(got, tt.want) || !strings.Contains(got, `"podCIDRs": [`) {
+			t.Errorf("Conflist(%q, chain %v) lacks %s:\n%s", tt.version, tt.chain, tt.want, got)
+		}
+		if len(tt.chain) > 0 && strings.Contains(got, "cniVersions") {
+			t.Errorf("a chain offered 1.1.0:\n%s", got)
+		}
+	}
+}

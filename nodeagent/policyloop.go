@@ -1,6 +1,7 @@
 package nodeagent
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -11,9 +12,11 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
 
-	"github.com/straitnet/strait/cni/plugin"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
+	"github.com/straitnet/strait/cni/ipam"
+	"github.com/straitnet/strait/cni/plugin"
 	"github.com/straitnet/strait/nodeagent/policy"
 )
 
@@ -54,8 +57,10 @@ func (p *policies) hasSynced() bool {
 
 // sync compiles the policies for this node's pods, programs the maps
 // (only what changed) and attaches the programs to every pod veth
-// strait-cni made. It returns what could not be compiled.
-func (p *policies) sync(node string) ([]string, error) {
+// strait-cni made. Traffic between a pod and its node (the addresses in
+// nodeAddrs) is always allowed, as Kubernetes has it: kubelet's probes come
+// from there. It returns what could not be compiled or attached.
+func (p *policies) sync(node string, nodeAddrs []netip.Addr, cniDataDir string, podCIDRs []netip.Prefix) ([]string, error) {
 	var pols []*networkingv1.NetworkPolicy
 	for _, o := range p.pols.List() {
 		if np, ok := o.(*networkingv1.NetworkPolicy); ok {
@@ -86,30 +91,58 @@ func (p *policies) sync(node string) ([]string, error) {
 		}
 	}
 	prog, problems := policy.Compile(pols, pods, nss, local)
+	for pd := range prog.Enforced {
+		for _, a := range nodeAddrs {
+			if a.Is4() {
+				prog.Entries[policy.Entry{Pod: pd.Pod, Dir: pd.Dir, Peer: netip.PrefixFrom(a, 32)}] = policy.PortSet{Any: true}
+			}
+		}
+	}
+	// Veths first: a pod's first packets then already meet its rules.
+	problems = append(problems, p.attach(cniDataDir, podCIDRs)...)
 	if _, err := p.enf.Sync(prog); err != nil {
 		return problems, fmt.Errorf("programming policy maps: %w", err)
 	}
 	p.lastEntries, p.lastPods = len(prog.Entries), len(local)
-	return problems, p.attach()
+	return problems, nil
 }
 
 // attach puts the programs on every host veth strait-cni made (by their
-// alias) and takes them off those that went.
-func (p *policies) attach() error {
+// alias), with the pod's address from strait-cni's store, and takes them
+// off those that went. A veth that goes meanwhile is no problem.
+func (p *policies) attach(cniDataDir string, podCIDRs []netip.Prefix) []string {
 	links, err := netlink.LinkList()
 	if err != nil {
-		return err
+		return []string{fmt.Sprintf("listing links: %v", err)}
+	}
+	var problems []string
+	addrs := map[ipam.Attachment][]netip.Addr{}
+	if store, err := ipam.Open(cniDataDir, podCIDRs); err == nil {
+		if all, err := store.Allocations(); err == nil {
+			addrs = all
+		} else {
+			problems = append(problems, fmt.Sprintf("pod addresses: %v", err))
+		}
 	}
 	present := map[string]bool{}
-	var errs []string
 	for _, l := range links {
 		a := l.Attrs()
-		if !strings.HasPrefix(a.Alias, plugin.AliasPrefix) {
+		att, ok := plugin.ParseAlias(a.Alias)
+		if !ok || !strings.HasPrefix(a.Alias, plugin.AliasPrefix) {
 			continue
 		}
 		present[a.Name] = true
-		if err := p.enf.Attach(a.Name); err != nil {
-			errs = append(errs, err.Error())
+		var pod netip.Addr
+		for _, x := range addrs[att] {
+			if x.Is4() {
+				pod = x
+			}
+		}
+		if err := p.enf.Attach(a.Name, pod); err != nil {
+			var nf netlink.LinkNotFoundError
+			if !errors.As(err, &nf) && !errors.Is(err, unix.ENODEV) {
+				problems = append(problems, err.Error())
+			}
 		}
 	}
 	for _, n := range p.enf.Attached() {
@@ -117,9 +150,6 @@ func (p *policies) attach() error {
 			p.enf.Detach(n)
 		}
 	}
-	if len(errs) > 0 {
-		slices.Sort(errs)
-		return fmt.Errorf("%s", strings.Join(errs, "; "))
-	}
-	return nil
+	slices.Sort(problems)
+	return problems
 }

@@ -72,7 +72,7 @@ func run(args []string) error {
 	fs.StringVar(&o.CNIConfDir, "cni-conf-dir", nodeagent.DefaultCNIConfDir, "where the CNI conflist goes")
 	fs.StringVar(&o.StateFile, "state-file", plugin.DefaultAgentState, "the readiness strait-cni reads")
 	fs.StringVar(&o.CNIDataDir, "cni-data-dir", plugin.DefaultDataDir, "strait-cni's address store")
-	fs.StringVar(&o.CNIVersion, "cni-version", "", "cniVersion of the conflist (default 1.1.0, or 1.0.0 with --chain: Debian's reference plugins stop there)")
+	fs.StringVar(&o.CNIVersion, "cni-version", "", "cniVersion of the conflist (default 1.0.0, offering 1.1.0 in cniVersions without --chain: Debian's reference plugins stop at 1.0.0)")
 	chain := fs.String("chain", "", "comma-separated plugins chained after strait-cni, such as portmap,bandwidth")
 	fs.IntVar(&o.MTU, "mtu", 0, "pods' MTU (default: the node's link MTU less VXLAN's overhead)")
 	fs.DurationVar(&o.Interval, "interval", 10*time.Second, "how often to repair drift")

@@ -29,9 +29,13 @@ func wire(netnsPath, host, ifName, hostAlias string, mtu int, addrs []netip.Addr
 	if _, err := ph.LinkByName(ifName); err == nil {
 		return nil, fmt.Errorf("the pod already has an interface %s", ifName)
 	}
-	if rs, err := ph.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Dst: nil}, netlink.RT_FILTER_DST); err == nil {
+	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		rs, err := ph.RouteList(nil, family)
+		if err != nil {
+			return nil, fmt.Errorf("routes in %s: %w", netnsPath, err)
+		}
 		for _, r := range rs {
-			if r.Dst == nil || r.Dst.IP.IsUnspecified() {
+			if p, ok := prefixOf(r.Dst); r.Dst == nil || (ok && p.Bits() == 0) {
 				return nil, fmt.Errorf("the pod already has a default route (another network's interface?): strait-cni must be the pod's primary network")
 			}
 		}
@@ -182,6 +186,12 @@ func hasRoute(rs []netlink.Route, dst netip.Prefix, gw netip.Addr) bool {
 		}
 	}
 	return false
+}
+
+// linkExists says whether this namespace has a link called name.
+func linkExists(name string) bool {
+	_, err := netlink.LinkByName(name)
+	return err == nil
 }
 
 // deleteLink removes a host veth (and with it the pod's end); one that is

@@ -75,6 +75,12 @@ func Add(args *skel.CmdArgs) (err error) {
 		return types.NewError(types.ErrIOFailure, "strait-cni: address store", err.Error())
 	}
 	att := attachment(args)
+	host := HostVeth(args.ContainerID, args.IfName)
+	// An attachment that is up already is a live pod's: a repeated ADD
+	// must not tear it down on its way to failing.
+	if _, ok, _ := store.Lookup(att); ok && linkExists(host) {
+		return types.NewError(types.ErrInternal, fmt.Sprintf("strait-cni: container %s already has %s (DEL it first)", args.ContainerID, args.IfName), "")
+	}
 	addrs, err := store.Allocate(att)
 	if err != nil {
 		code := types.ErrIOFailure
@@ -83,7 +89,6 @@ func Add(args *skel.CmdArgs) (err error) {
 		}
 		return types.NewError(code, "strait-cni: no address for the pod", err.Error())
 	}
-	host := HostVeth(args.ContainerID, args.IfName)
 	defer func() {
 		if err != nil {
 			// Nothing half made: the veth (both ends) and the address go.
@@ -208,6 +213,10 @@ func result(host, pod net.Interface, netnsPath string, addrs []netip.Addr) *curr
 	}
 	return r
 }
+
+// ParseAlias says which attachment a host veth strait-cni made serves,
+// from its alias.
+func ParseAlias(alias string) (ipam.Attachment, bool) { return attachmentOf(alias) }
 
 // attachmentOf parses a host veth's alias.
 func attachmentOf(alias string) (ipam.Attachment, bool) {

@@ -161,6 +161,20 @@ func TestAddCheckDel(t *testing.T) {
 	if _, e := n.run("CHECK", "c1", path(pod), "eth0", nil); e != nil {
 		t.Fatalf("CHECK of what ADD made: %+v", *e)
 	}
+	// A repeated ADD fails and leaves the live pod as it was.
+	if _, e := n.run("ADD", "c1", path(pod), "eth0", nil); e == nil || !strings.Contains(e.Msg, "already has eth0") {
+		t.Fatalf("second ADD: %+v", e)
+	}
+	if _, e := n.run("CHECK", "c1", path(pod), "eth0", nil); e != nil {
+		t.Fatalf("CHECK after a repeated ADD: %+v", *e)
+	}
+	// A second network with its own default route is refused, whole.
+	if _, e := n.run("ADD", "c1b", path(pod), "eth1", nil); e == nil || !strings.Contains(e.Details, "already has a default route") {
+		t.Fatalf("ADD of a second interface: %+v", e)
+	}
+	if out, _ := n.sh(pod, "ip", "link"); strings.Contains(out, "eth1") {
+		t.Errorf("the refused ADD left eth1:\n%s", out)
+	}
 	// CHECK finds a removed route.
 	if out, err := n.sh(n.ns, "ip", "route", "del", ip.String()); err != nil {
 		t.Fatalf("%v %s", err, out)

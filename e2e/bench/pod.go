@@ -390,7 +390,7 @@ func (b *podBench) set(m int) error {
 		if _, err := n.enf.Sync(prog); err != nil {
 			return fmt.Errorf("bench pod-throughput: %s: loading %s: %w", n.name, podModeNames[m], err)
 		}
-		if err := n.ns.Do(func() error { return n.enf.Attach(n.veth) }); err != nil {
+		if err := n.ns.Do(func() error { return n.enf.Attach(n.veth, n.podIP) }); err != nil {
 			return fmt.Errorf("bench pod-throughput: %s: %w", n.name, err)
 		}
 	}

@@ -60,6 +60,7 @@ const (
 	PolicyMapPolicyCounters = "policy_counters"
 	PolicyMapPolicyCt       = "policy_ct"
 	PolicyMapPolicyEnforced = "policy_enforced"
+	PolicyMapPolicyPods     = "policy_pods"
 	PolicyMapPolicyRules    = "policy_rules"
 	PolicyProgFromPod       = "from_pod"
 	PolicyProgToPod         = "to_pod"
@@ -118,6 +119,7 @@ type PolicyMapSpecs struct {
 	PolicyCounters *ebpf.MapSpec `ebpf:"policy_counters"`
 	PolicyCt       *ebpf.MapSpec `ebpf:"policy_ct"`
 	PolicyEnforced *ebpf.MapSpec `ebpf:"policy_enforced"`
+	PolicyPods     *ebpf.MapSpec `ebpf:"policy_pods"`
 	PolicyRules    *ebpf.MapSpec `ebpf:"policy_rules"`
 }
 
@@ -150,6 +152,7 @@ type PolicyMaps struct {
 	PolicyCounters *ebpf.Map `ebpf:"policy_counters"`
 	PolicyCt       *ebpf.Map `ebpf:"policy_ct"`
 	PolicyEnforced *ebpf.Map `ebpf:"policy_enforced"`
+	PolicyPods     *ebpf.Map `ebpf:"policy_pods"`
 	PolicyRules    *ebpf.Map `ebpf:"policy_rules"`
 }
 
@@ -158,6 +161,7 @@ func (m *PolicyMaps) Close() error {
 		m.PolicyCounters,
 		m.PolicyCt,
 		m.PolicyEnforced,
+		m.PolicyPods,
 		m.PolicyRules,
 	)
 }

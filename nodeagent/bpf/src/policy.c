@@ -18,6 +18,8 @@
 #include <linux/pkt_cls.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/icmpv6.h>
 #include <linux/in.h>
 #include <linux/tcp.h>
 #include <linux/udp.h>
@@ -25,6 +27,8 @@
 #include <bpf/bpf_endian.h>
 
 #define MAX_RANGES 16
+// A connection idle this long must pass the rules again.
+#define CT_IDLE_NS (120ULL * 1000000000ULL)
 #define DIR_INGRESS 0
 #define DIR_EGRESS 1
 
@@ -87,7 +91,18 @@ struct {
 	__type(value, __u64);
 } policy_ct SEC(".maps");
 
-enum { C_ALLOWED, C_DENIED, C_CT, C_UNENFORCED, C_MAX };
+// The pod behind each host veth, by ifindex: its IPv4 address, network
+// order. What a pod sends must carry it as source (no spoofing past the
+// rules or into the conntrack map), and the pod's identity is taken from
+// here, not from the packet.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u32);
+} policy_pods SEC(".maps");
+
+enum { C_ALLOWED, C_DENIED, C_CT, C_UNENFORCED, C_SPOOFED, C_V6DENIED, C_MAX };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -120,13 +135,58 @@ static __always_inline int ports_allow(const struct port_set *s, __u8 proto, __u
 	return 0;
 }
 
+static __always_inline int enforced(__u32 pod, __u32 dir)
+{
+	struct pod_dir pd = {.pod = pod, .dir = dir};
+	return bpf_map_lookup_elem(&policy_enforced, &pd) != 0;
+}
+
+// ct_live says whether k is a connection seen within CT_IDLE_NS, and
+// refreshes it.
+static __always_inline int ct_live(struct ct_key *k, __u64 now)
+{
+	__u64 *seen = bpf_map_lookup_elem(&policy_ct, k);
+	if (!seen)
+		return 0;
+	if (now - *seen > CT_IDLE_NS) {
+		bpf_map_delete_elem(&policy_ct, k);
+		return 0;
+	}
+	*seen = now;
+	return 1;
+}
+
+// IPv6 policy is not compiled yet: a pod enforced in a direction keeps
+// only neighbour discovery there, rather than an open door.
+static __always_inline int decide6(void *l3, void *end, const __u32 *pod, __u32 dir)
+{
+	if (!pod || !enforced(*pod, dir))
+		return TC_ACT_OK;
+	struct ipv6hdr *ip6 = l3;
+	if ((void *)(ip6 + 1) > end)
+		return TC_ACT_SHOT;
+	if (ip6->nexthdr == IPPROTO_ICMPV6) {
+		struct icmp6hdr *icmp = (void *)(ip6 + 1);
+		if ((void *)(icmp + 1) > end)
+			return TC_ACT_SHOT;
+		if (icmp->icmp6_type >= 133 && icmp->icmp6_type <= 137)
+			return TC_ACT_OK;
+	}
+	count(C_V6DENIED);
+	return TC_ACT_SHOT;
+}
+
 static __always_inline int decide(struct __sk_buff *skb, __u32 dir)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
+	__u32 ifindex = skb->ifindex;
+	const __u32 *known = bpf_map_lookup_elem(&policy_pods, &ifindex);
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > end)
 		return TC_ACT_OK;
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return decide6(eth + 1, end, known, dir);
 	if (eth->h_proto != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK;
 	struct iphdr *ip = (void *)(eth + 1);
@@ -146,22 +206,28 @@ static __always_inline int decide(struct __sk_buff *skb, __u32 dir)
 	}
 	__u32 pod = dir == DIR_INGRESS ? ip->daddr : ip->saddr;
 	__u32 peer = dir == DIR_INGRESS ? ip->saddr : ip->daddr;
+	if (known) {
+		if (dir == DIR_EGRESS && ip->saddr != *known) {
+			count(C_SPOOFED);
+			return TC_ACT_SHOT;
+		}
+		pod = *known;
+	}
 
 	struct ct_key ct = {.pod = pod, .dir = dir, .saddr = ip->saddr, .daddr = ip->daddr,
 			    .sport = sport, .dport = dport, .proto = ip->protocol};
 	__u64 now = bpf_ktime_get_ns();
-	if (bpf_map_lookup_elem(&policy_ct, &ct)) {
-		count(C_CT);
-		return TC_ACT_OK;
-	}
 	struct ct_key rev = {.pod = pod, .dir = dir ^ 1, .saddr = ip->daddr, .daddr = ip->saddr,
 			     .sport = dport, .dport = sport, .proto = ip->protocol};
-	if (bpf_map_lookup_elem(&policy_ct, &rev)) {
+	if (ct_live(&ct, now) || ct_live(&rev, now)) {
 		count(C_CT);
 		return TC_ACT_OK;
 	}
-	struct pod_dir pd = {.pod = pod, .dir = dir};
-	if (!bpf_map_lookup_elem(&policy_enforced, &pd)) {
+	if (!enforced(pod, dir)) {
+		// Free to go this way; its replies meet the other direction's
+		// rules, and must pass them as replies.
+		if (enforced(pod, dir ^ 1))
+			bpf_map_update_elem(&policy_ct, &ct, &now, BPF_ANY);
 		count(C_UNENFORCED);
 		return TC_ACT_OK;
 	}
