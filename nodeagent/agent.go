@@ -135,7 +135,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			return err
 		}
 		defer enf.Close()
-		a.pol = watchPolicies(factory, enf, poke)
+		if a.pol, err = watchPolicies(factory, enf, poke); err != nil {
+			return err
+		}
 	}
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()

@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
 
@@ -31,8 +32,13 @@ type policies struct {
 }
 
 // watchPolicies registers the informers policy needs; poke asks for a pass.
-func watchPolicies(f informers.SharedInformerFactory, enf *Enforcer, poke func()) *policies {
+func watchPolicies(f informers.SharedInformerFactory, enf *Enforcer, poke func()) (*policies, error) {
 	h := cache.ResourceEventHandlerFuncs{AddFunc: func(any) { poke() }, UpdateFunc: func(any, any) { poke() }, DeleteFunc: func(any) { poke() }}
+	// Pods are cached cluster-wide, for selectors: only what policy
+	// reads of them is kept.
+	if err := f.Core().V1().Pods().Informer().SetTransform(trimPod); err != nil {
+		return nil, fmt.Errorf("nodeagent: pod transform: %w", err)
+	}
 	p := &policies{enf: enf}
 	for _, inf := range []cache.SharedIndexInformer{
 		f.Networking().V1().NetworkPolicies().Informer(), f.Core().V1().Pods().Informer(), f.Core().V1().Namespaces().Informer(),
@@ -43,7 +49,7 @@ func watchPolicies(f informers.SharedInformerFactory, enf *Enforcer, poke func()
 	p.pols = f.Networking().V1().NetworkPolicies().Informer().GetIndexer()
 	p.pods = f.Core().V1().Pods().Informer().GetIndexer()
 	p.nss = f.Core().V1().Namespaces().Informer().GetIndexer()
-	return p
+	return p, nil
 }
 
 func (p *policies) hasSynced() bool {
@@ -152,4 +158,26 @@ func (p *policies) attach(cniDataDir string, podCIDRs []netip.Prefix) []string {
 	}
 	slices.Sort(problems)
 	return problems
+}
+
+// trimPod keeps what compiling policies needs of a Pod: its identity and
+// labels, node, host networking, container ports and where it stands.
+func trimPod(o any) (any, error) {
+	pod, ok := o.(*corev1.Pod)
+	if !ok {
+		return o, nil
+	}
+	t := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID,
+			Labels: pod.Labels, ResourceVersion: pod.ResourceVersion, DeletionTimestamp: pod.DeletionTimestamp},
+		Spec:   corev1.PodSpec{NodeName: pod.Spec.NodeName, HostNetwork: pod.Spec.HostNetwork},
+		Status: corev1.PodStatus{Phase: pod.Status.Phase, PodIP: pod.Status.PodIP, PodIPs: pod.Status.PodIPs},
+	}
+	for _, c := range pod.Spec.Containers {
+		t.Spec.Containers = append(t.Spec.Containers, corev1.Container{Name: c.Name, Ports: c.Ports})
+	}
+	for _, c := range pod.Spec.InitContainers {
+		t.Spec.InitContainers = append(t.Spec.InitContainers, corev1.Container{Name: c.Name, Ports: c.Ports, RestartPolicy: c.RestartPolicy})
+	}
+	return t, nil
 }

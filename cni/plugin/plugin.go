@@ -17,11 +17,13 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/straitnet/strait/cni/ipam"
 )
@@ -141,8 +143,47 @@ func Check(args *skel.CmdArgs) error {
 	if !ok {
 		return types.NewError(types.ErrUnknownContainer, fmt.Sprintf("strait-cni: container %s (%s) has no addresses here", args.ContainerID, args.IfName), "")
 	}
+	if err := checkPrevResult(cfg, args, addrs); err != nil {
+		return types.NewError(types.ErrInternal, fmt.Sprintf("strait-cni: CHECK of %s %s", args.ContainerID, args.IfName), err.Error())
+	}
 	if err := verify(args.Netns, HostVeth(args.ContainerID, args.IfName), args.IfName, addrs); err != nil {
 		return types.NewError(types.ErrInternal, fmt.Sprintf("strait-cni: CHECK of %s %s", args.ContainerID, args.IfName), err.Error())
+	}
+	return nil
+}
+
+// checkPrevResult compares what the runtime remembers of ADD (the
+// prevResult, when it passes one) with the addresses allocated: the
+// pod's interface in its sandbox must hold exactly those.
+func checkPrevResult(cfg *Config, args *skel.CmdArgs, addrs []netip.Addr) error {
+	if cfg.RawPrevResult == nil {
+		return nil
+	}
+	if err := version.ParsePrevResult(&cfg.PluginConf); err != nil {
+		return fmt.Errorf("prevResult: %w", err)
+	}
+	prev, err := current.NewResultFromResult(cfg.PrevResult)
+	if err != nil {
+		return fmt.Errorf("prevResult: %w", err)
+	}
+	var got []netip.Addr
+	for _, ip := range prev.IPs {
+		if ip.Interface == nil || *ip.Interface >= len(prev.Interfaces) {
+			continue
+		}
+		iface := prev.Interfaces[*ip.Interface]
+		if iface.Name != args.IfName || iface.Sandbox != args.Netns {
+			continue
+		}
+		if a, ok := netip.AddrFromSlice(ip.Address.IP); ok {
+			got = append(got, a.Unmap())
+		}
+	}
+	slices.SortFunc(got, netip.Addr.Compare)
+	want := slices.Clone(addrs)
+	slices.SortFunc(want, netip.Addr.Compare)
+	if !slices.Equal(got, want) {
+		return fmt.Errorf("the runtime's prevResult gives %s addresses %v, but %v are allocated to it", args.IfName, got, want)
 	}
 	return nil
 }

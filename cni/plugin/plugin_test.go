@@ -161,6 +161,23 @@ func TestAddCheckDel(t *testing.T) {
 	if _, e := n.run("CHECK", "c1", path(pod), "eth0", nil); e != nil {
 		t.Fatalf("CHECK of what ADD made: %+v", *e)
 	}
+	// CHECK holds the runtime's memory of ADD against the allocation.
+	withPrev := func(addr string) map[string]any {
+		c := map[string]any{}
+		for k, v := range n.conf {
+			c[k] = v
+		}
+		c["prevResult"] = map[string]any{"cniVersion": "1.1.0",
+			"interfaces": []map[string]any{{"name": r.Interfaces[0].Name}, {"name": "eth0", "sandbox": path(pod)}},
+			"ips":        []map[string]any{{"address": addr, "interface": 1}}}
+		return c
+	}
+	if _, e := n.run("CHECK", "c1", path(pod), "eth0", withPrev(r.IPs[0].Address)); e != nil {
+		t.Fatalf("CHECK with the right prevResult: %+v", *e)
+	}
+	if _, e := n.run("CHECK", "c1", path(pod), "eth0", withPrev("10.0.1.99/32")); e == nil || !strings.Contains(e.Details, "prevResult gives eth0 addresses [10.0.1.99]") {
+		t.Fatalf("CHECK with another address in prevResult: %+v", e)
+	}
 	// A repeated ADD fails and leaves the live pod as it was.
 	if _, e := n.run("ADD", "c1", path(pod), "eth0", nil); e == nil || !strings.Contains(e.Msg, "already has eth0") {
 		t.Fatalf("second ADD: %+v", e)
