@@ -64,7 +64,11 @@ type Options struct {
 	// NoPolicy turns NetworkPolicy enforcement off (it is on by default:
 	// eBPF on every pod's host-side veth).
 	NoPolicy bool
-	Logger   *slog.Logger
+	// BPFPinDir keeps the policy maps and attachments on a bpffs, so
+	// that pods stay enforced while the agent restarts; empty pins
+	// nothing. strait-agent's default is DefaultBPFPinDir.
+	BPFPinDir string
+	Logger    *slog.Logger
 }
 
 // Agent is a running node agent.
@@ -129,7 +133,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		DeleteFunc: func(any) { poke() },
 	})
 	if !a.opts.NoPolicy {
-		enf, err := NewEnforcer()
+		if err := ensureBPFFS(a.opts.BPFPinDir); err != nil {
+			a.setState(false, fmt.Sprintf("NetworkPolicy enforcement: %v", err))
+			return err
+		}
+		enf, err := NewEnforcer(a.opts.BPFPinDir)
 		if err != nil {
 			a.setState(false, fmt.Sprintf("NetworkPolicy enforcement: %v", err))
 			return err

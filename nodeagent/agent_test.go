@@ -231,7 +231,7 @@ func startAgent(t *testing.T, srv *kube.Server, ns netns.NS, node, dir string) {
 	t.Cleanup(func() { f.Close() })
 	cmd := ns.Command(filepath.Join(bins, "strait-agent"), "run", "--node", node, "--kubeconfig", srv.Kubeconfig,
 		"--gateway", "172.31.0.1", "--mesh", "242.0.0.0/8", "--cni-conf-dir", dir, "--state-file", filepath.Join(dir, "agent.json"),
-		"--cni-data-dir", filepath.Join(dir, "ipam"), "--interval", "1s", "--log-format", "text")
+		"--cni-data-dir", filepath.Join(dir, "ipam"), "--interval", "1s", "--log-format", "text", "--bpf-pin-dir=")
 	var log bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Start(); err != nil {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -18,8 +20,13 @@ import (
 
 // Enforcer holds the NetworkPolicy programs and maps, attached to the
 // host side of every pod's veth, and programs the maps incrementally.
+//
+// With a pin directory (on a bpffs), the maps and the attachments are
+// pinned there and outlive the agent: pods stay enforced while it
+// restarts, and the next agent takes them over, maps, attachments and all.
 type Enforcer struct {
-	objs bpf.PolicyObjects
+	objs   bpf.PolicyObjects
+	pinDir string
 
 	mu       sync.Mutex
 	links    map[string]attachment // by host veth
@@ -27,20 +34,134 @@ type Enforcer struct {
 	entries  map[policy.Entry]policy.PortSet
 }
 
-// NewEnforcer loads the programs and their maps.
-func NewEnforcer() (*Enforcer, error) {
+// NewEnforcer loads the programs and their maps. pinDir, if not empty, is
+// a directory on a bpffs where the maps and attachments are pinned: what
+// an earlier agent left there is taken over, its entries read back and its
+// attachments moved to the programs just loaded.
+func NewEnforcer(pinDir string) (*Enforcer, error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("nodeagent: memlock: %w", err)
 	}
-	e := &Enforcer{links: map[string]attachment{}, enforced: map[policy.PodDir]bool{}, entries: map[policy.Entry]policy.PortSet{}}
-	if err := bpf.LoadPolicyObjects(&e.objs, nil); err != nil {
+	e := &Enforcer{pinDir: pinDir, links: map[string]attachment{}, enforced: map[policy.PodDir]bool{}, entries: map[policy.Entry]policy.PortSet{}}
+	var opts *ebpf.CollectionOptions
+	if pinDir != "" {
+		if err := os.MkdirAll(filepath.Join(pinDir, "links"), 0o700); err != nil {
+			return nil, fmt.Errorf("nodeagent: pin directory: %w", err)
+		}
+		opts = &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}}
+	}
+	load := func() error {
+		spec, err := bpf.LoadPolicy()
+		if err != nil {
+			return err
+		}
+		if pinDir == "" {
+			for _, m := range spec.Maps {
+				m.Pinning = ebpf.PinNone
+			}
+		}
+		return spec.LoadAndAssign(&e.objs, opts)
+	}
+	err := load()
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		// Maps of another layout (an older agent): they go, and the
+		// policies are written anew at the first sync.
+		for _, m := range []string{bpf.PolicyMapPolicyRules, bpf.PolicyMapPolicyEnforced, bpf.PolicyMapPolicyCt, bpf.PolicyMapPolicyCounters, bpf.PolicyMapPolicyPods} {
+			os.Remove(filepath.Join(pinDir, m))
+		}
+		err = load()
+	}
+	if err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("nodeagent: the kernel refused the policy program: %+v", ve)
 		}
 		return nil, fmt.Errorf("nodeagent: loading the policy program: %w", err)
 	}
+	if pinDir != "" {
+		if err := e.takeOver(); err != nil {
+			e.objs.Close()
+			return nil, err
+		}
+	}
 	return e, nil
+}
+
+// takeOver reads back the entries and attachments an earlier agent
+// pinned.
+func (e *Enforcer) takeOver() error {
+	var k bpf.PolicyPolicyKey
+	var v bpf.PolicyPortSet
+	it := e.objs.PolicyRules.Iterate()
+	for it.Next(&k, &v) {
+		var ps policy.PortSet
+		ps.Any = v.Any != 0
+		for i := 0; i < int(v.N) && i < len(v.R); i++ {
+			ps.Ranges = append(ps.Ranges, policy.PortRange{Proto: v.R[i].Proto, Lo: v.R[i].Lo, Hi: v.R[i].Hi})
+		}
+		e.entries[policy.Entry{Pod: keyAddr(k.Pod), Dir: policy.Direction(k.Dir), Peer: netip.PrefixFrom(keyAddr(k.Peer), int(k.Prefixlen)-64)}] = ps
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("nodeagent: reading pinned rules: %w", err)
+	}
+	var pd bpf.PolicyPodDir
+	var one uint32
+	it = e.objs.PolicyEnforced.Iterate()
+	for it.Next(&pd, &one) {
+		e.enforced[policy.PodDir{Pod: keyAddr(pd.Pod), Dir: policy.Direction(pd.Dir)}] = true
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("nodeagent: reading pinned enforcement: %w", err)
+	}
+	dir := filepath.Join(e.pinDir, "links")
+	files, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("nodeagent: %w", err)
+	}
+	byIndex := map[int]*attachment{}
+	for _, f := range files {
+		var idx int
+		var end string
+		if _, err := fmt.Sscanf(f.Name(), "%d-%s", &idx, &end); err != nil || (end != "to" && end != "from") {
+			continue
+		}
+		path := filepath.Join(dir, f.Name())
+		l, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			os.Remove(path)
+			continue
+		}
+		prog := e.objs.ToPod
+		if end == "from" {
+			prog = e.objs.FromPod
+		}
+		veth, err := netlink.LinkByIndex(idx)
+		if err != nil || l.Update(prog) != nil {
+			// The veth went while no agent ran.
+			l.Unpin()
+			l.Close()
+			e.objs.PolicyPods.Delete(uint32(idx))
+			continue
+		}
+		a := byIndex[idx]
+		if a == nil {
+			a = &attachment{ifindex: idx}
+			byIndex[idx] = a
+		}
+		if end == "to" {
+			a.links[0] = l
+		} else {
+			a.links[1] = l
+		}
+		e.links[veth.Attrs().Name] = *a
+	}
+	return nil
+}
+
+func keyAddr(k uint32) netip.Addr {
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], k)
+	return netip.AddrFrom4(b)
 }
 
 // attachment is the programs on one veth.
@@ -50,8 +171,21 @@ type attachment struct {
 }
 
 func (a attachment) close() {
-	a.links[0].Close()
-	a.links[1].Close()
+	for _, l := range a.links {
+		if l != nil {
+			l.Close()
+		}
+	}
+}
+
+// remove detaches for good: unpinned, then closed.
+func (a attachment) remove() {
+	for _, l := range a.links {
+		if l != nil {
+			l.Unpin()
+			l.Close()
+		}
+	}
 }
 
 // Attach puts the programs on a pod's host-side veth (TCX): what goes to
@@ -68,10 +202,10 @@ func (e *Enforcer) Attach(ifName string, pod netip.Addr) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if a, ok := e.links[ifName]; ok {
-		if a.ifindex == idx {
+		if a.ifindex == idx && a.links[0] != nil && a.links[1] != nil {
 			return nil
 		}
-		a.close()
+		a.remove()
 		e.objs.PolicyPods.Delete(uint32(a.ifindex))
 		delete(e.links, ifName)
 	}
@@ -90,7 +224,16 @@ func (e *Enforcer) Attach(ifName string, pod netip.Addr) error {
 		to.Close()
 		return fmt.Errorf("nodeagent: attach to %s (ingress): %w", ifName, err)
 	}
-	e.links[ifName] = attachment{ifindex: idx, links: [2]link.Link{to, from}}
+	a := attachment{ifindex: idx, links: [2]link.Link{to, from}}
+	if e.pinDir != "" {
+		for i, end := range []string{"to", "from"} {
+			if err := a.links[i].Pin(filepath.Join(e.pinDir, "links", fmt.Sprintf("%d-%s", idx, end))); err != nil {
+				a.remove()
+				return fmt.Errorf("nodeagent: pin the attachment to %s: %w", ifName, err)
+			}
+		}
+	}
+	e.links[ifName] = a
 	return nil
 }
 
@@ -99,7 +242,7 @@ func (e *Enforcer) Detach(ifName string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if a, ok := e.links[ifName]; ok {
-		a.close()
+		a.remove()
 		e.objs.PolicyPods.Delete(uint32(a.ifindex))
 		delete(e.links, ifName)
 	}
@@ -264,7 +407,9 @@ func (e *Enforcer) Counters() (Counters, error) {
 	return c, nil
 }
 
-// Close detaches everything and unloads the programs.
+// Close lets go of the programs and maps. Unpinned, that detaches
+// everything; pinned, the pods stay enforced for the next agent (Remove
+// takes it all away).
 func (e *Enforcer) Close() error {
 	e.mu.Lock()
 	for n, a := range e.links {
@@ -273,4 +418,22 @@ func (e *Enforcer) Close() error {
 	}
 	e.mu.Unlock()
 	return e.objs.Close()
+}
+
+// Remove detaches everything and removes the pins: enforcement ends.
+func (e *Enforcer) Remove() error {
+	e.mu.Lock()
+	for n, a := range e.links {
+		a.remove()
+		delete(e.links, n)
+	}
+	e.mu.Unlock()
+	var errs []error
+	if e.pinDir != "" {
+		for _, m := range []*ebpf.Map{e.objs.PolicyRules, e.objs.PolicyEnforced, e.objs.PolicyCt, e.objs.PolicyCounters, e.objs.PolicyPods} {
+			errs = append(errs, m.Unpin())
+		}
+		errs = append(errs, os.RemoveAll(filepath.Join(e.pinDir, "links")))
+	}
+	return errors.Join(append(errs, e.objs.Close())...)
 }

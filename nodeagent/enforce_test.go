@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/straitnet/strait/cni/plugin"
 	"github.com/straitnet/strait/e2e/netns"
 	"github.com/straitnet/strait/e2e/netns/nstest"
@@ -88,7 +90,7 @@ func connects(from netns.NS, to netip.Addr, port uint16) bool {
 func TestEnforcerDropsWhatPolicyDenies(t *testing.T) {
 	nstest.RequireRoot(t)
 	node, a, b, aNS, _ := podPair(t)
-	e, err := nodeagent.NewEnforcer()
+	e, err := nodeagent.NewEnforcer("")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,4 +170,68 @@ func connectsFrom(from netns.NS, src, to netip.Addr, port uint16) bool {
 	}
 	c.Close()
 	return true
+}
+
+// TestEnforcementOutlivesTheAgent pins the maps and attachments: an
+// enforcer that goes leaves its pods enforced, and the next one takes
+// them over, entries and all.
+func TestEnforcementOutlivesTheAgent(t *testing.T) {
+	nstest.RequireRoot(t)
+	node, a, b, aNS, _ := podPair(t)
+	pin := t.TempDir()
+	if err := unix.Mount("bpf", pin, "bpf", 0, "mode=0700"); err != nil {
+		t.Fatalf("a bpffs for the test: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(pin, unix.MNT_DETACH) })
+	dir := filepath.Join(pin, "strait")
+
+	e1, err := nodeagent.NewEnforcer(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for c, ip := range map[string]netip.Addr{"ca": a, "cb": b} {
+		if err := node.ns.Do(func() error { return e1.Attach(plugin.HostVeth(c, "eth0"), ip) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deny80 := policy.Program{
+		Enforced: map[policy.PodDir]bool{{Pod: b, Dir: policy.Ingress}: true},
+		Entries: map[policy.Entry]policy.PortSet{{Pod: b, Dir: policy.Ingress, Peer: netip.PrefixFrom(a, 32)}: {
+			Ranges: []policy.PortRange{{Proto: 6, Lo: 443, Hi: 443}}}},
+	}
+	if _, err := e1.Sync(deny80); err != nil {
+		t.Fatal(err)
+	}
+	if connects(aNS, b, 80) || !connects(aNS, b, 443) {
+		t.Fatal("the policy does not hold before the restart")
+	}
+	// The agent goes: the pods stay enforced.
+	if err := e1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if connects(aNS, b, 80) || !connects(aNS, b, 443) {
+		t.Error("the policy lapsed with the agent gone")
+	}
+	// The next agent takes over: nothing to write for the same policy,
+	// and a change applies.
+	e2, err := nodeagent.NewEnforcer(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e2.Remove()
+	if got := e2.Attached(); len(got) != 2 {
+		t.Errorf("the new enforcer took over %v, want both veths", got)
+	}
+	if st, err := e2.Sync(deny80); err != nil || st.Updated+st.Deleted != 0 {
+		t.Errorf("syncing the same policy after the restart: %+v %v, want nothing to write", st, err)
+	}
+	if connects(aNS, b, 80) {
+		t.Error("the policy lapsed across the restart")
+	}
+	if _, err := e2.Sync(policy.Program{}); err != nil {
+		t.Fatal(err)
+	}
+	if !connects(aNS, b, 80) {
+		t.Error("the new enforcer's change did not apply")
+	}
 }

@@ -77,6 +77,7 @@ func run(args []string) error {
 	fs.IntVar(&o.MTU, "mtu", 0, "pods' MTU (default: the node's link MTU less VXLAN's overhead)")
 	fs.DurationVar(&o.Interval, "interval", 10*time.Second, "how often to repair drift")
 	fs.BoolVar(&o.NoPolicy, "no-policy", false, "do not enforce NetworkPolicy")
+	fs.StringVar(&o.BPFPinDir, "bpf-pin-dir", nodeagent.DefaultBPFPinDir, "bpffs directory that keeps policy enforcement across agent restarts (empty: none; the bpffs is mounted at /sys/fs/bpf if missing)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", "json", "log format: json or text")
 	if err := fs.Parse(args); err != nil {

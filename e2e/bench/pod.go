@@ -216,7 +216,7 @@ func runPodThroughput(ctx context.Context, c Config) (res Result, err error) {
 	c.logf("pod-throughput: compiled in %.1f ms: %d entries for %s egress, %d for %s ingress", compileMS, len(client.prog.Entries), client.podIP, len(server.prog.Entries), server.podIP)
 
 	for _, n := range nodes {
-		if n.enf, err = nodeagent.NewEnforcer(); err != nil {
+		if n.enf, err = nodeagent.NewEnforcer(""); err != nil {
 			return Result{}, fmt.Errorf("bench pod-throughput: %w", err)
 		}
 		defer n.enf.Close()

@@ -71,6 +71,7 @@ struct ct_key {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 262144);
 	__type(key, struct policy_key);
@@ -79,6 +80,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__uint(max_entries, 65536);
 	__type(key, struct pod_dir);
 	__type(value, __u32);
@@ -86,6 +88,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__uint(max_entries, 262144);
 	__type(key, struct ct_key);
 	__type(value, __u64);
@@ -97,6 +100,7 @@ struct {
 // here, not from the packet.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__uint(max_entries, 65536);
 	__type(key, __u32);
 	__type(value, __u32);
@@ -106,6 +110,7 @@ enum { C_ALLOWED, C_DENIED, C_CT, C_UNENFORCED, C_SPOOFED, C_V6DENIED, C_MAX };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__uint(max_entries, C_MAX);
 	__type(key, __u32);
 	__type(value, __u64);
