@@ -12,6 +12,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -20,6 +21,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/straitnet/strait/e2e/netns"
 )
 
 // Config is what every benchmark gets from the command line.
@@ -170,4 +173,34 @@ func percentile(xs []float64, p float64) float64 {
 	slices.Sort(s)
 	i := int(math.Ceil(p*float64(len(s)))) - 1
 	return s[min(max(i, 0), len(s)-1)]
+}
+
+// namespaces are the network namespaces one benchmark run makes, all
+// named Prefix "bench-" NAME "-" ID "-" ..., and all removed by removeAll.
+type namespaces struct {
+	id, prefix string
+	made       []netns.NS
+}
+
+func newNamespaces(bench string) *namespaces {
+	id := runID("")
+	return &namespaces{id: id, prefix: netns.Prefix + "bench-" + bench + "-" + id + "-"}
+}
+
+func (n *namespaces) add(name string) (netns.NS, error) {
+	ns, err := netns.Add(n.prefix + name)
+	if err == nil {
+		n.made = append(n.made, ns)
+	}
+	return ns, err
+}
+
+// removeAll removes every namespace made; a failure to remove one is an
+// error of the run.
+func (n *namespaces) removeAll() error {
+	var errs []error
+	for _, ns := range n.made {
+		errs = append(errs, netns.Delete(ns.Name))
+	}
+	return errors.Join(errs...)
 }

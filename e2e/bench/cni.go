@@ -97,24 +97,13 @@ func runCNI(ctx context.Context, c Config) (res Result, err error) {
 	defer os.RemoveAll(dir)
 	// Every namespace made is removed, whatever happens; a failure to
 	// remove one fails the bench.
-	var made []netns.NS
+	made := newNamespaces("cni")
 	defer func() {
-		var errs []error
-		for _, ns := range made {
-			errs = append(errs, netns.Delete(ns.Name))
-		}
-		if derr := errors.Join(errs...); derr != nil && err == nil {
+		if derr := made.removeAll(); derr != nil && err == nil {
 			err = fmt.Errorf("bench cni: cleaning up: %w", derr)
 		}
 	}()
-	id := runID("")
-	newNS := func(name string) (netns.NS, error) {
-		ns, err := netns.Add(netns.Prefix + "bench-cni-" + id + "-" + name)
-		if err == nil {
-			made = append(made, ns)
-		}
-		return ns, err
-	}
+	id, newNS := made.id, made.add
 
 	state := filepath.Join(dir, "agent.json")
 	data, _ := json.Marshal(plugin.AgentState{Ready: true, Since: time.Now()})

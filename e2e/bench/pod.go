@@ -123,24 +123,13 @@ func runPodThroughput(ctx context.Context, c Config) (res Result, err error) {
 	defer os.RemoveAll(dir)
 	// Every namespace made is removed, whatever happens; a failure to
 	// remove one fails the bench.
-	var made []netns.NS
+	made := newNamespaces("pod")
 	defer func() {
-		var errs []error
-		for _, ns := range made {
-			errs = append(errs, netns.Delete(ns.Name))
-		}
-		if derr := errors.Join(errs...); derr != nil && err == nil {
+		if derr := made.removeAll(); derr != nil && err == nil {
 			err = fmt.Errorf("bench pod-throughput: cleaning up: %w", derr)
 		}
 	}()
-	id := runID("")
-	newNS := func(name string) (netns.NS, error) {
-		ns, err := netns.Add(netns.Prefix + "bench-pod-" + id + "-" + name)
-		if err == nil {
-			made = append(made, ns)
-		}
-		return ns, err
-	}
+	id, newNS := made.id, made.add
 	c.logf("pod-throughput: %d rules per enforced direction, %d rounds of %ds; namespaces %sbench-pod-%s-*", rules, rounds, secs, netns.Prefix, id)
 
 	var nodes [2]*podNode
