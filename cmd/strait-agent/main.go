@@ -65,7 +65,7 @@ func run(args []string) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	var o nodeagent.Options
 	hostname, _ := os.Hostname()
-	fs.StringVar(&o.NodeName, "node", envOr("NODE_NAME", hostname), "this node's name (default $NODE_NAME, else the host name)")
+	fs.StringVar(&o.NodeName, "node", cli.EnvOr("NODE_NAME", hostname), "this node's name (default $NODE_NAME, else the host name)")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig (default: the in-cluster service account)")
 	gateway := fs.String("gateway", "", "the cluster's strait gateway on the nodes' network; mesh destinations are routed to it")
 	mesh := fs.String("mesh", "242.0.0.0/8", "comma-separated destinations routed to the gateway: the global CIDR and other sites' routable CIDRs")
@@ -122,11 +122,4 @@ func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	return a.Run(ctx)
-}
-
-func envOr(key, def string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return def
 }

@@ -105,7 +105,7 @@ func run(args []string) error {
 	allocations := fs.String("allocations", "file", "where allocations persist: file (allocations.json in --state-dir) or kubernetes (a ConfigMap)")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig of the site's cluster (default: the in-cluster service account)")
 	kube := fs.String("kubernetes", "auto", "export what ServiceExports name and keep ServiceImports (with a discovery section): on, off, or auto (on with --kubeconfig or in a pod)")
-	namespace := fs.String("namespace", envOr("POD_NAMESPACE", "strait-system"), "namespace of the allocations ConfigMap")
+	namespace := fs.String("namespace", cli.EnvOr("POD_NAMESPACE", "strait-system"), "namespace of the allocations ConfigMap")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", "json", "log format: json or text")
 	if err := fs.Parse(args); err != nil {
@@ -183,11 +183,4 @@ func run(args []string) error {
 		}
 	}()
 	return gateway.Run(ctx, o, reload)
-}
-
-func envOr(key, def string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return def
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 
 	"k8s.io/client-go/rest"
@@ -43,4 +44,13 @@ func KubeConfig(path string) (*rest.Config, error) {
 		return nil, fmt.Errorf("--kubeconfig %s: %w", path, err)
 	}
 	return cfg, nil
+}
+
+// EnvOr is the environment variable key, or def when it is unset or empty:
+// the default of a flag that a pod's manifest may set through its env.
+func EnvOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
 }
