@@ -10,6 +10,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/straitnet/strait/discovery/meshpolicy"
 )
 
 // Options configure a Catalog. Zero values take the documented defaults.
@@ -278,9 +280,26 @@ func newer(a, b Record) bool {
 }
 
 // Publish makes this cluster's records what is given: a new version of
-// every record that changed, tombstones for services gone. It returns the
-// records to broadcast.
+// every record that changed, tombstones for services gone (and for every
+// global service and policy: see PublishAll). It returns the records to
+// broadcast.
 func (c *Catalog) Publish(cluster Cluster, services []Service) ([]Record, error) {
+	return c.PublishAll(Local{Cluster: cluster, Services: services})
+}
+
+// Local is everything a cluster publishes.
+type Local struct {
+	Cluster        Cluster
+	Services       []Service
+	GlobalServices []meshpolicy.GlobalService
+	Policies       []meshpolicy.Policy
+}
+
+// PublishAll makes this cluster's records what is given: a new version
+// of every record that changed, tombstones for those gone. It returns the
+// records to broadcast.
+func (c *Catalog) PublishAll(l Local) ([]Record, error) {
+	cluster, services := l.Cluster, l.Services
 	cluster.Cert = c.opts.Identity.Cert
 	if cluster.Block != cluster.Cert.Block {
 		return nil, fmt.Errorf("catalog: this cluster's block %s is not its certificate's %s", cluster.Block, cluster.Cert.Block)
@@ -294,6 +313,22 @@ func (c *Catalog) Publish(cluster Cluster, services []Service) ([]Record, error)
 		}
 		want[k] = Record{Key: k, Service: &s}
 	}
+	for i := range l.GlobalServices {
+		g := l.GlobalServices[i]
+		k := Key{Kind: KindGlobalService, Owner: c.self, Name: g.Key()}
+		if _, dup := want[k]; dup {
+			return nil, fmt.Errorf("catalog: global service %s published twice", k.Name)
+		}
+		want[k] = Record{Key: k, GlobalService: &g}
+	}
+	for i := range l.Policies {
+		p := l.Policies[i]
+		k := Key{Kind: KindPolicy, Owner: c.self, Name: p.Name}
+		if _, dup := want[k]; dup {
+			return nil, fmt.Errorf("catalog: policy %s published twice", k.Name)
+		}
+		want[k] = Record{Key: k, Policy: &p}
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var out []Record
@@ -302,6 +337,9 @@ func (c *Catalog) Publish(cluster Cluster, services []Service) ([]Record, error)
 		r.Sign(c.opts.Identity.Key)
 		if err := r.check(); err != nil {
 			return err
+		}
+		if b, err := r.Encode(); err != nil || len(b) > MaxRecordSize {
+			return fmt.Errorf("catalog: %s: %d bytes encoded, more than a record holds (%d)", r.Key, len(b), MaxRecordSize)
 		}
 		c.put(r)
 		out = append(out, r)
@@ -485,6 +523,10 @@ type Snapshot struct {
 	Services []ClusterService
 	// Alive says which clusters gossip sees as up (this one always).
 	Alive map[string]bool
+	// GlobalServices and Policies are every cluster's declarations, as
+	// meshpolicy.Merge takes them.
+	GlobalServices []meshpolicy.DeclaredService
+	Policies       []meshpolicy.DeclaredPolicy
 }
 
 // ClusterService is a service and the cluster exporting it.
@@ -508,8 +550,20 @@ func (c *Catalog) Snapshot() Snapshot {
 			s.Clusters[r.Owner] = *r.Cluster
 		case KindService:
 			s.Services = append(s.Services, ClusterService{Cluster: r.Owner, Service: *r.Service})
+		case KindGlobalService:
+			s.GlobalServices = append(s.GlobalServices, meshpolicy.DeclaredService{Owner: r.Owner, GlobalService: *r.GlobalService})
+		case KindPolicy:
+			s.Policies = append(s.Policies, meshpolicy.DeclaredPolicy{Owner: r.Owner, Policy: *r.Policy})
 		}
 	}
+	// Declarations stay when their cluster is gone: a policy written
+	// once for the mesh must not lapse while its author is down.
+	slices.SortFunc(s.GlobalServices, func(a, b meshpolicy.DeclaredService) int {
+		return cmp.Or(cmp.Compare(a.Key(), b.Key()), cmp.Compare(a.Owner, b.Owner))
+	})
+	slices.SortFunc(s.Policies, func(a, b meshpolicy.DeclaredPolicy) int {
+		return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.Owner, b.Owner))
+	})
 	// A service whose cluster record is gone (a tombstone) goes with it.
 	s.Services = slices.DeleteFunc(s.Services, func(cs ClusterService) bool {
 		_, ok := s.Clusters[cs.Cluster]

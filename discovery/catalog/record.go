@@ -21,6 +21,8 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/straitnet/strait/discovery/meshpolicy"
 )
 
 // Kind is a kind of record.
@@ -31,6 +33,12 @@ const (
 	KindCluster Kind = 1
 	// KindService is a service a cluster exports; its name is "ns/name".
 	KindService Kind = 2
+	// KindGlobalService is a global service a cluster declares; its
+	// name is "ns/name".
+	KindGlobalService Kind = 3
+	// KindPolicy is a firewall policy a cluster declares; its name is
+	// the policy's.
+	KindPolicy Kind = 4
 )
 
 func (k Kind) String() string {
@@ -39,6 +47,10 @@ func (k Kind) String() string {
 		return "cluster"
 	case KindService:
 		return "service"
+	case KindGlobalService:
+		return "globalservice"
+	case KindPolicy:
+		return "policy"
 	}
 	return fmt.Sprintf("kind %d", k)
 }
@@ -73,8 +85,21 @@ type Cluster struct {
 	// them as they are where they collide with nothing.
 	CIDRs    []netip.Prefix `json:"cidrs,omitempty"`
 	Routable bool           `json:"routable,omitempty"`
+	// Egress are the addresses the cluster's translated traffic leaves
+	// as, and whose traffic each carries: firewalls elsewhere tell
+	// namespaces and labels apart by them.
+	Egress []Egress `json:"egress,omitempty"`
 	// Cert is the cluster's certificate, which binds its signing key.
 	Cert Certificate `json:"cert"`
+}
+
+// Egress is an egress address of a cluster and the pods whose traffic
+// leaves as it: those of Namespace ("" any) with Labels (none: any). The
+// cluster's default address has neither.
+type Egress struct {
+	Addr      netip.Addr        `json:"addr"`
+	Namespace string            `json:"namespace,omitempty"`
+	Labels    map[string]string `json:"labels,omitempty"`
 }
 
 // Service is a service a cluster exports.
@@ -89,8 +114,27 @@ type Service struct {
 	Headless  bool       `json:"headless,omitempty"`
 	Endpoints []Endpoint `json:"endpoints,omitempty"`
 	// Ready counts the service's ready backends; 0 means it is exported
-	// but cannot serve.
+	// but cannot serve. Total counts them ready or not (0: unknown, as
+	// many as are ready).
 	Ready int `json:"ready"`
+	Total int `json:"total,omitempty"`
+	// Health is the result of the exporting gateway's own health check,
+	// for services that back a global service; nil: not checked.
+	Health *Health `json:"health,omitempty"`
+}
+
+// Health is a health check's verdict.
+type Health struct {
+	Healthy bool `json:"healthy"`
+	// Reason says why not, stable from check to check ("connection
+	// refused", "timeout", "HTTP 503").
+	Reason string `json:"reason,omitempty"`
+}
+
+// Serving says whether the service can take connections: some backend
+// ready, and the health check, if any, passing.
+func (s Service) Serving() bool {
+	return s.Ready > 0 && (s.Health == nil || s.Health.Healthy)
 }
 
 // Port is a port of a service.
@@ -112,9 +156,11 @@ type Record struct {
 	// Version orders the owner's writes of this key (see Clock).
 	Version uint64 `json:"version"`
 	// Deleted marks a tombstone.
-	Deleted bool     `json:"deleted,omitempty"`
-	Cluster *Cluster `json:"cluster,omitempty"`
-	Service *Service `json:"service,omitempty"`
+	Deleted       bool                      `json:"deleted,omitempty"`
+	Cluster       *Cluster                  `json:"cluster,omitempty"`
+	Service       *Service                  `json:"service,omitempty"`
+	GlobalService *meshpolicy.GlobalService `json:"globalService,omitempty"`
+	Policy        *meshpolicy.Policy        `json:"policy,omitempty"`
 	// Sig is the owner's signature over everything else.
 	Sig []byte `json:"sig,omitempty"`
 }
@@ -183,6 +229,9 @@ func (r *Record) normalize() {
 			c.CIDRs = nil
 		}
 	}
+	if c := r.Cluster; c != nil && len(c.Egress) == 0 {
+		c.Egress = nil
+	}
 	if s := r.Service; s != nil {
 		if len(s.Ports) == 0 {
 			s.Ports = nil
@@ -205,14 +254,14 @@ func (r Record) check() error {
 		return fmt.Errorf("%s: no valid signature", r.Key)
 	}
 	if r.Deleted {
-		if r.Cluster != nil || r.Service != nil {
+		if r.content() > 0 {
 			return fmt.Errorf("%s: a tombstone carries no content", r.Key)
 		}
 		return r.checkName()
 	}
 	switch r.Kind {
 	case KindCluster:
-		if r.Name != "" || r.Cluster == nil || r.Service != nil {
+		if r.Name != "" || r.Cluster == nil || r.content() != 1 {
 			return fmt.Errorf("%s: a cluster record carries exactly its cluster", r.Key)
 		}
 		c := r.Cluster
@@ -230,8 +279,46 @@ func (r Record) check() error {
 				return fmt.Errorf("%s: CIDR %s is not a masked prefix", r.Key, p)
 			}
 		}
+		if len(c.Egress) > 1024 {
+			return fmt.Errorf("%s: too many egress addresses", r.Key)
+		}
+		for _, e := range c.Egress {
+			if !c.Block.Contains(e.Addr) {
+				return fmt.Errorf("%s: egress address %s is outside the block %s", r.Key, e.Addr, c.Block)
+			}
+			if (e.Namespace != "" && !validName(e.Namespace)) || len(e.Labels) > meshpolicy.MaxLabels {
+				return fmt.Errorf("%s: egress address %s: namespace %q or labels not valid", r.Key, e.Addr, e.Namespace)
+			}
+		}
+	case KindGlobalService:
+		if r.GlobalService == nil || r.content() != 1 {
+			return fmt.Errorf("%s: a global service record carries exactly its global service", r.Key)
+		}
+		if err := r.checkName(); err != nil {
+			return err
+		}
+		g := r.GlobalService
+		if g.Key() != r.Name {
+			return fmt.Errorf("%s: names global service %s", r.Key, g.Key())
+		}
+		if err := meshpolicy.Errors(g.Validate()); err != nil {
+			return fmt.Errorf("%s: %w", r.Key, err)
+		}
+	case KindPolicy:
+		if r.Policy == nil || r.content() != 1 {
+			return fmt.Errorf("%s: a policy record carries exactly its policy", r.Key)
+		}
+		if err := r.checkName(); err != nil {
+			return err
+		}
+		if r.Policy.Name != r.Name {
+			return fmt.Errorf("%s: names policy %s", r.Key, r.Policy.Name)
+		}
+		if err := meshpolicy.Errors(r.Policy.Validate()); err != nil {
+			return fmt.Errorf("%s: %w", r.Key, err)
+		}
 	case KindService:
-		if r.Service == nil || r.Cluster != nil {
+		if r.Service == nil || r.content() != 1 {
 			return fmt.Errorf("%s: a service record carries exactly its service", r.Key)
 		}
 		if err := r.checkName(); err != nil {
@@ -244,8 +331,11 @@ func (r Record) check() error {
 		if !s.Headless && !usableAddr(s.Addr) {
 			return fmt.Errorf("%s: address %s is not a unicast IPv4 address", r.Key, s.Addr)
 		}
-		if len(s.Ports) > 256 || len(s.Endpoints) > 1000 || s.Ready < 0 {
+		if len(s.Ports) > 256 || len(s.Endpoints) > 1000 || s.Ready < 0 || s.Total < 0 {
 			return fmt.Errorf("%s: too many ports or endpoints, or negative readiness", r.Key)
+		}
+		if h := s.Health; h != nil && len(h.Reason) > 128 {
+			return fmt.Errorf("%s: health reason longer than 128 bytes", r.Key)
 		}
 		for _, p := range s.Ports {
 			if p.Port == 0 || (p.Protocol != "TCP" && p.Protocol != "UDP" && p.Protocol != "SCTP") {
@@ -266,16 +356,31 @@ func (r Record) check() error {
 	return nil
 }
 
+// content counts the payloads a record carries.
+func (r Record) content() int {
+	n := 0
+	for _, set := range []bool{r.Cluster != nil, r.Service != nil, r.GlobalService != nil, r.Policy != nil} {
+		if set {
+			n++
+		}
+	}
+	return n
+}
+
 func (r Record) checkName() error {
 	switch r.Kind {
 	case KindCluster:
 		if r.Name != "" {
 			return fmt.Errorf("%s: a cluster record has no name", r.Key)
 		}
-	case KindService:
+	case KindService, KindGlobalService:
 		ns, name, ok := strings.Cut(r.Name, "/")
 		if !ok || !validName(ns) || !validName(name) {
-			return fmt.Errorf("service name %q is not namespace/name", r.Name)
+			return fmt.Errorf("%s name %q is not namespace/name", r.Kind, r.Name)
+		}
+	case KindPolicy:
+		if !validName(r.Name) {
+			return fmt.Errorf("policy name %q is not a DNS label", r.Name)
 		}
 	default:
 		return fmt.Errorf("%s: unknown kind", r.Key)

@@ -10,6 +10,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/straitnet/strait/discovery/catalog"
+	"github.com/straitnet/strait/discovery/meshpolicy"
 )
 
 // indexConfig is what an index takes from the server's options.
@@ -19,6 +20,9 @@ type indexConfig struct {
 	negTTL  uint32 // of negative answers (the SOA's minimum and TTL)
 	ns      string // the name server's name, lowercase and fully qualified
 	nsAddrs []netip.Addr
+	// vips, when valid, is the VIP range: a global service's name
+	// answers its VIP inside it, instead of its instances.
+	vips netip.Prefix
 }
 
 // index is everything the server answers from. It is built once per
@@ -187,7 +191,7 @@ func buildIndex(snap catalog.Snapshot, cfg indexConfig) *index {
 			addrs = append(addrs, cs.Addr)
 		}
 		inst.addrs = append(inst.addrs, addrs...)
-		serving := cs.Ready > 0 && snap.Alive[cs.Cluster]
+		serving := cs.Serving() && snap.Alive[cs.Cluster]
 		if serving {
 			svc.addrs = append(svc.addrs, addrs...)
 		}
@@ -207,6 +211,17 @@ func buildIndex(snap catalog.Snapshot, cfg indexConfig) *index {
 			if serving {
 				srv.srvs = append(srv.srvs, srvTarget{rel: clusterRel, port: p.Port})
 			}
+		}
+	}
+	if cfg.vips.IsValid() {
+		for _, g := range meshpolicy.Merge(snap.GlobalServices, nil).Services {
+			svcRel := g.Name + "." + g.Namespace + ".svc"
+			if !cfg.vips.Contains(g.VIP) || !validLabel(g.Namespace) || !validLabel(g.Name) || !cfg.fits(svcRel) {
+				continue
+			}
+			// One address, balanced by the gateway, instead of the
+			// instances': clients need no failover of their own.
+			b.touch(svcRel).addrs = []netip.Addr{g.VIP}
 		}
 	}
 

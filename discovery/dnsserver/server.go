@@ -156,6 +156,10 @@ type Server struct {
 	st  counters
 
 	updateMu sync.Mutex // serializes Update, so the last call wins
+	// last is the last snapshot, and vips the range of VIPs answered for
+	// global services; guarded by updateMu.
+	last catalog.Snapshot
+	vips netip.Prefix
 
 	mu     sync.Mutex            // guards addrs and nextID
 	addrs  map[uint64][]net.Addr // by Serve call
@@ -184,8 +188,33 @@ func New(opts Options) (*Server, error) {
 func (s *Server) Update(snap catalog.Snapshot) {
 	s.updateMu.Lock()
 	defer s.updateMu.Unlock()
+	s.last = snap
+	s.rebuild()
+}
+
+// SetVIPRange has the server answer a global service's name with its VIP
+// when the VIP lies in p: where the gateway balances global services.
+// The zero prefix answers the instances' addresses, as without global
+// services.
+func (s *Server) SetVIPRange(p netip.Prefix) {
+	s.updateMu.Lock()
+	defer s.updateMu.Unlock()
+	if p == s.vips {
+		return
+	}
+	s.vips = p
+	if s.last.Generation != 0 || s.idx.Load() != nil {
+		s.rebuild()
+	}
+}
+
+// rebuild indexes the last snapshot; updateMu is held.
+func (s *Server) rebuild() {
+	snap := s.last
 	start := s.opts.Now()
-	ix := buildIndex(snap, s.cfg)
+	cfg := s.cfg
+	cfg.vips = s.vips
+	ix := buildIndex(snap, cfg)
 	s.idx.Store(ix)
 	s.log.Debug("index rebuilt", "generation", snap.Generation, "services", ix.services,
 		"names", len(ix.names), "took", s.opts.Now().Sub(start))
