@@ -26,17 +26,15 @@ import (
 	"encoding/hex"
 	"fmt"
 	"maps"
-	"math/bits"
 	"net/netip"
 	"slices"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
-	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/straitnet/strait/natpool"
+	"github.com/straitnet/strait/gateway/internal/nftx"
 )
 
 // TableName is the nftables table strait owns (family ip).
@@ -185,34 +183,11 @@ type Table struct {
 // New returns a Table for the namespace the options name (the current one
 // by default; nftables.WithNetNSFd for another).
 func New(opts ...nftables.ConnOption) (*Table, error) {
-	c, err := nftables.New(append(opts, nftables.AsLasting(), nftables.WithSockOptions(bigSendBuffer))...)
+	c, err := nftx.Conn(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("nat: nftables: %w", err)
 	}
 	return &Table{conn: c}, nil
-}
-
-// sendBuffer is the socket's send buffer: a transaction is one sendmsg, and
-// the table with 10,000 services and pods is a few hundred kilobytes,
-// beyond the default. nft raises it the same way. Memory is charged only
-// for what a send uses.
-const sendBuffer = 64 << 20
-
-func bigSendBuffer(c *netlink.Conn) error {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	if err := raw.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sendBuffer)
-	}); err != nil {
-		return err
-	}
-	if serr != nil {
-		return fmt.Errorf("nat: send buffer: %w", serr)
-	}
-	return nil
 }
 
 // Close releases the netlink socket; the table stays in the kernel.
@@ -323,10 +298,10 @@ func elementsOf(s state) elements {
 		e[mapEgressPods] = append(e[mapEgressPods], nftables.SetElement{Key: a.AsSlice(), Val: s.egressPods[a].AsSlice()})
 	}
 	for _, p := range slices.SortedFunc(maps.Keys(s.egressNets), netip.Prefix.Compare) {
-		e[mapEgressNets] = append(e[mapEgressNets], interval(p, s.egressNets[p].AsSlice())...)
+		e[mapEgressNets] = append(e[mapEgressNets], nftx.Interval(p, s.egressNets[p].AsSlice())...)
 	}
 	for _, p := range slices.SortedFunc(maps.Keys(s.translated), netip.Prefix.Compare) {
-		e[setTranslated] = append(e[setTranslated], interval(p, nil)...)
+		e[setTranslated] = append(e[setTranslated], nftx.Interval(p, nil)...)
 	}
 	return e
 }
@@ -351,38 +326,10 @@ func echoElement(addr, backend uint32) nftables.SetElement {
 	return nftables.SetElement{Key: k, Val: v}
 }
 
-// interval encodes a prefix as an interval set's two elements: its first
-// address, and the address after its last, flagged as the end.
-func interval(p netip.Prefix, val []byte) []nftables.SetElement {
-	start := nftables.SetElement{Key: p.Masked().Addr().AsSlice(), Val: val}
-	end := natpool.LastAddr(p).Next()
-	if !end.IsValid() {
-		return []nftables.SetElement{start} // runs to the end of the space
-	}
-	return []nftables.SetElement{start, {Key: end.AsSlice(), IntervalEnd: true}}
-}
-
-// chunk is how many elements go in one netlink message. A message's
-// element list is one attribute, whose length is 16 bits: past 64 KiB it
-// wraps, and the kernel silently takes only the first elements. Each
-// element costs its key and value plus 32 bytes of attribute headers; all
-// of a Sync's messages still commit as one transaction.
-func chunk(els []nftables.SetElement) int {
-	if len(els) == 0 {
-		return 1
-	}
-	per := len(els[0].Key) + len(els[0].Val) + 32
-	return max(1, 60000/per)
-}
-
 func (t *Table) addElements(ss map[string]*nftables.Set, e elements) error {
 	for _, name := range slices.Sorted(maps.Keys(e)) {
-		els := e[name]
-		n := chunk(els)
-		for i := 0; i < len(els); i += n {
-			if err := t.conn.SetAddElements(ss[name], els[i:min(i+n, len(els))]); err != nil {
-				return fmt.Errorf("nat: add to %s: %w", name, err)
-			}
+		if err := nftx.AddElements(t.conn, ss[name], e[name]); err != nil {
+			return fmt.Errorf("nat: %w", err)
 		}
 	}
 	return nil
@@ -423,24 +370,24 @@ func (t *Table) diff(old, want state) (added, removed int, err error) {
 	for p, v := range want.egressNets {
 		if ov, ok := old.egressNets[p]; !ok || ov != v {
 			if ok {
-				del[mapEgressNets] = append(del[mapEgressNets], interval(p, ov.AsSlice())...)
+				del[mapEgressNets] = append(del[mapEgressNets], nftx.Interval(p, ov.AsSlice())...)
 			}
-			add[mapEgressNets] = append(add[mapEgressNets], interval(p, v.AsSlice())...)
+			add[mapEgressNets] = append(add[mapEgressNets], nftx.Interval(p, v.AsSlice())...)
 		}
 	}
 	for p, v := range old.egressNets {
 		if _, ok := want.egressNets[p]; !ok {
-			del[mapEgressNets] = append(del[mapEgressNets], interval(p, v.AsSlice())...)
+			del[mapEgressNets] = append(del[mapEgressNets], nftx.Interval(p, v.AsSlice())...)
 		}
 	}
 	for p := range want.translated {
 		if !old.translated[p] {
-			add[setTranslated] = append(add[setTranslated], interval(p, nil)...)
+			add[setTranslated] = append(add[setTranslated], nftx.Interval(p, nil)...)
 		}
 	}
 	for p := range old.translated {
 		if !want.translated[p] {
-			del[setTranslated] = append(del[setTranslated], interval(p, nil)...)
+			del[setTranslated] = append(del[setTranslated], nftx.Interval(p, nil)...)
 		}
 	}
 	for _, els := range add {
@@ -454,12 +401,8 @@ func (t *Table) diff(old, want state) (added, removed int, err error) {
 	}
 	ss := sets()
 	for _, name := range slices.Sorted(maps.Keys(del)) {
-		els := del[name]
-		n := chunk(els)
-		for i := 0; i < len(els); i += n {
-			if err := t.conn.SetDeleteElements(ss[name], els[i:min(i+n, len(els))]); err != nil {
-				return 0, 0, fmt.Errorf("nat: remove from %s: %w", name, err)
-			}
+		if err := nftx.DeleteElements(t.conn, ss[name], del[name]); err != nil {
+			return 0, 0, fmt.Errorf("nat: %w", err)
 		}
 	}
 	if err := t.addElements(ss, add); err != nil {
@@ -528,9 +471,9 @@ func rules(tunnel string, ss map[string]*nftables.Set) []rule {
 	out := []rule{
 		{chain: "prerouting", comment: "services: global address, protocol, port to backend",
 			exprs: slices.Concat(
-				matchIfname(expr.MetaKeyIIFNAME, tunnel),
+				nftx.MatchIfname(expr.MetaKeyIIFNAME, tunnel),
 				[]expr.Any{
-					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offDaddr, Len: 4},
+					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: nftx.OffDaddr, Len: 4},
 					&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 9},
 					&expr.Payload{DestRegister: 10, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 					&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: mapServices},
@@ -538,13 +481,13 @@ func rules(tunnel string, ss map[string]*nftables.Set) []rule {
 				})},
 		{chain: "prerouting", comment: "ping: a service address answers from its backend",
 			exprs: slices.Concat(
-				matchIfname(expr.MetaKeyIIFNAME, tunnel),
+				nftx.MatchIfname(expr.MetaKeyIIFNAME, tunnel),
 				[]expr.Any{
 					&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_ICMP}},
 					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
 					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{8}}, // echo request
-					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offDaddr, Len: 4},
+					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: nftx.OffDaddr, Len: 4},
 					&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: mapEcho},
 					&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegAddrMax: 1},
 				})},
@@ -552,17 +495,17 @@ func rules(tunnel string, ss map[string]*nftables.Set) []rule {
 	for _, m := range []struct{ set, what string }{{mapEgressPods, "pods"}, {mapEgressNets, "sources"}} {
 		out = append(out, rule{chain: "postrouting", comment: "egress: " + m.what + " to the address they leave as",
 			exprs: slices.Concat(
-				matchIfname(expr.MetaKeyOIFNAME, tunnel),
+				nftx.MatchIfname(expr.MetaKeyOIFNAME, tunnel),
 				[]expr.Any{
-					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offDaddr, Len: 4},
+					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: nftx.OffDaddr, Len: 4},
 					&expr.Lookup{SourceRegister: 1, SetName: setTranslated},
-					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offSaddr, Len: 4},
+					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: nftx.OffSaddr, Len: 4},
 					&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: m.set},
 					&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegAddrMax: 1},
 				})})
 	}
 	out = append(out, rule{chain: "forward", comment: "clamp TCP MSS to the tunnel MTU",
-		exprs: append(matchIfname(expr.MetaKeyOIFNAME, tunnel), clampMSS()...)})
+		exprs: append(nftx.MatchIfname(expr.MetaKeyOIFNAME, tunnel), clampMSS()...)})
 	for i := range out {
 		// Lookups name their set; the set's ID is filled at marshal time.
 		for _, e := range out[i].exprs {
@@ -609,14 +552,8 @@ func (t *Table) Verify() (bool, error) {
 }
 
 func (t *Table) verify(s state) (bool, error) {
-	tab, err := t.conn.ListTableOfFamily(TableName, nftables.TableFamilyIPv4)
-	if err != nil {
-		return false, nil // gone
-	}
-	// NFTA_TABLE_FLAGS is big-endian, and google/nftables v0.3.0 decodes
-	// it in host order: look for the dormant bit either way.
-	if tab.Flags&unix.NFT_TABLE_F_DORMANT != 0 || bits.ReverseBytes32(tab.Flags)&unix.NFT_TABLE_F_DORMANT != 0 {
-		return false, nil // switched off
+	if !nftx.Live(t.conn, table) {
+		return false, nil // gone or switched off
 	}
 	got, err := t.readRules()
 	if err != nil {
@@ -638,7 +575,7 @@ func (t *Table) verify(s state) (bool, error) {
 		if err != nil {
 			return false, nil // the set is gone
 		}
-		if !sameElements(els, want[name]) {
+		if !nftx.SameElements(els, want[name]) {
 			return false, nil
 		}
 	}
@@ -678,63 +615,13 @@ func (t *Table) readRules() (map[string][]string, error) {
 	return out, nil
 }
 
-// realElements drops the zero end marker nft puts in front of interval
-// sets; this package never writes one, but a repair by `nft -f` may.
-func realElements(els []nftables.SetElement) []nftables.SetElement {
-	return slices.DeleteFunc(slices.Clone(els), func(e nftables.SetElement) bool {
-		return e.IntervalEnd && binary.BigEndian.Uint32(append(make([]byte, 0, 4), e.Key...)) == 0
-	})
-}
-
-func sameElements(got, want []nftables.SetElement) bool {
-	got = realElements(got)
-	if len(want) == 0 {
-		return len(got) == 0
-	}
-	if len(got) != len(want) {
-		return false
-	}
-	key := func(e nftables.SetElement) string {
-		return fmt.Sprintf("%x/%x/%v", e.Key, e.Val, e.IntervalEnd)
-	}
-	seen := make(map[string]int, len(want))
-	for _, e := range want {
-		seen[key(e)]++
-	}
-	for _, e := range got {
-		k := key(e)
-		if seen[k] == 0 {
-			return false
-		}
-		seen[k]--
-	}
-	return true
-}
-
 // Remove deletes the table, if it exists.
 func (t *Table) Remove() error {
 	t.applied = nil
-	t.conn.AddTable(table)
-	t.conn.DelTable(table)
-	if err := t.conn.Flush(); err != nil {
-		return fmt.Errorf("nat: remove table %s: %w", TableName, err)
+	if err := nftx.RemoveTable(t.conn, table); err != nil {
+		return fmt.Errorf("nat: %w", err)
 	}
 	return nil
-}
-
-// Offsets of the IPv4 source and destination address in the header.
-const (
-	offSaddr = 12
-	offDaddr = 16
-)
-
-func matchIfname(key expr.MetaKey, name string) []expr.Any {
-	b := make([]byte, unix.IFNAMSIZ)
-	copy(b, name)
-	return []expr.Any{
-		&expr.Meta{Key: key, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: b},
-	}
 }
 
 // clampMSS is "tcp flags syn / syn,rst tcp option maxseg size set rt mtu".
