@@ -40,6 +40,8 @@ func TestBenchmarksRun(t *testing.T) {
 		// One round of each state (1,000 rules, no policy, detached), 2 s
 		// each: the counters still checked.
 		{name: "pod-throughput", rounds: 1},
+		// 100,000 flows, 3 removals, no 655,373-entry table.
+		{name: "lb", quick: true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			nstest.RequireCommands(t, tt.needs...)

@@ -31,7 +31,7 @@ Usage:
                                                             a cluster's identity (certificate and signing key)
   strait ca gossip-key                                      a random key for discovery.gossipKeys
   strait status [--socket PATH] [--json]                    a gateway's status
-  strait bench NAME [flags]                                 run a benchmark (tunnel, nat-sync, nat-lookup, gossip, dns); one JSON line
+  strait bench NAME [flags]                                 run a benchmark (tunnel, nat-sync, nat-lookup, gossip, dns, cni, pod-throughput, lb, firewall); one JSON line
   strait version
 
 Run 'strait COMMAND SUBCOMMAND -h' for the flags of each.
