@@ -66,6 +66,18 @@ type Allocator struct {
 	byKey    map[string]Allocation
 	byIP     map[netip.Addr]string
 	released map[netip.Addr]Release
+	// avoid are addresses others hold (VIPs other clusters allocated):
+	// never handed out, though not this allocator's to release.
+	avoid map[netip.Addr]bool
+}
+
+// Avoid makes the allocator hand out none of addrs from now on; addresses
+// already allocated stay.
+func (a *Allocator) Avoid(addrs []netip.Addr) {
+	a.avoid = map[netip.Addr]bool{}
+	for _, ip := range addrs {
+		a.avoid[ip] = true
+	}
 }
 
 // NewAllocator loads a state for a site whose block is block. It refuses a
@@ -225,7 +237,7 @@ func (a *Allocator) free(p Pool, from map[string]netip.Addr) (netip.Addr, bool) 
 		if _, taken := a.byIP[ip]; taken {
 			continue
 		}
-		if _, held := a.released[ip]; held {
+		if _, held := a.released[ip]; held || a.avoid[ip] {
 			continue
 		}
 		from[p.Name] = ip.Next()

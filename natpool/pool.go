@@ -14,6 +14,9 @@ const (
 	Ingress Kind = "ingress"
 	// Egress pools give the addresses a site's traffic leaves as (SNAT).
 	Egress Kind = "egress"
+	// VIP pools give global services their virtual addresses, from the
+	// mesh's VIP range.
+	VIP Kind = "vip"
 )
 
 // Default pool names: what services and egress rules use when they name none.
