@@ -49,6 +49,9 @@ func (m *Mesh) conflict(s Site, fromFile int) string {
 	if !natpool.Contains(m.GlobalCIDR, s.Block) {
 		return fmt.Sprintf("its block %s is outside the global CIDR %s", s.Block, m.GlobalCIDR)
 	}
+	if why := m.vipConflict(s); why != "" {
+		return why
+	}
 	for _, c := range s.CIDRs {
 		if c.Overlaps(m.GlobalCIDR) {
 			return fmt.Sprintf("its CIDR %s overlaps the global CIDR %s", c, m.GlobalCIDR)

@@ -43,6 +43,10 @@ type Mesh struct {
 	// Discovery, when set, has the gateway learn the strait sites that
 	// are not in the file from the gossip catalog.
 	Discovery *Discovery
+	// LoadBalancer, when set, has the gateway serve global services.
+	LoadBalancer *LoadBalancer
+	// Firewall configures the mesh firewall; nil: default allow.
+	Firewall *Firewall
 }
 
 // Site is one member of the mesh: a strait gateway, or a plain WireGuard host
@@ -161,7 +165,7 @@ func (d *decoder) mesh(data []byte) *Mesh {
 	if top == nil {
 		return nil
 	}
-	f := d.Fields(top, "", "globalCIDR", "blockSize", "discovery", "sites")
+	f := d.Fields(top, "", "globalCIDR", "blockSize", "discovery", "loadBalancer", "firewall", "sites")
 	if f == nil {
 		return nil
 	}
@@ -184,6 +188,13 @@ func (d *decoder) mesh(data []byte) *Mesh {
 	}
 	if n := f["discovery"]; n != nil {
 		m.Discovery = d.discovery(n)
+	}
+	if n := f["loadBalancer"]; n != nil {
+		m.LoadBalancer = d.loadBalancer(n, m)
+		defer d.checkVIPRange(n, m)
+	}
+	if n := f["firewall"]; n != nil {
+		m.Firewall = d.firewall(n)
 	}
 	sites := f["sites"]
 	if sites == nil {

@@ -19,6 +19,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/straitnet/strait/discovery/meshpolicy"
 	"github.com/straitnet/strait/gateway/internal/yamlpos"
 	"github.com/straitnet/strait/natpool"
 )
@@ -33,6 +34,11 @@ type Config struct {
 	Egress   Egress
 	Pods     []natpool.Pod
 	podsAt   []pos // where each pod's ip is
+	// GlobalServices and Policies are the mesh policy this site
+	// declares (the file source of GlobalService and FirewallPolicy
+	// objects).
+	GlobalServices []meshpolicy.GlobalService
+	Policies       []meshpolicy.Policy
 }
 
 // Pool is a pool and where the file defines it.
@@ -126,11 +132,11 @@ func name(d *yamlpos.Decoder, n *yaml.Node, field string) string {
 
 func parse(d *yamlpos.Decoder, data []byte) *Config {
 	c := Empty()
-	top := d.Document(data, "pools, services, egress or pods")
+	top := d.Document(data, "pools, services, egress, pods, globalServices or firewallPolicies")
 	if top == nil {
 		return c
 	}
-	f := d.Fields(top, "", "pools", "holdDown", "services", "egress", "pods")
+	f := d.Fields(top, "", "pools", "holdDown", "services", "egress", "pods", "globalServices", "firewallPolicies")
 	if f == nil {
 		return c
 	}
@@ -197,6 +203,12 @@ func parse(d *yamlpos.Decoder, data []byte) *Config {
 				c.Egress.Rules = append(c.Egress.Rules, r)
 			}
 		}
+	}
+	if n := f["globalServices"]; n != nil {
+		c.GlobalServices = globalServices(d, n)
+	}
+	if n := f["firewallPolicies"]; n != nil {
+		c.Policies = firewallPolicies(d, n)
 	}
 	if n := f["pods"]; n != nil {
 		seen := map[netip.Addr]int{}
