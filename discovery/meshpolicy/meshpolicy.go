@@ -3,7 +3,7 @@
 // several clusters export, and how its connections spread over them) and
 // firewall policies (who in the mesh may reach which service).
 //
-// Any cluster may write them, as Kubernetes objects (package kubesource)
+// Any cluster may write them, as Kubernetes objects (package kubepolicy)
 // or in its site file (package siteconf). Its gateway publishes them in
 // the catalog, and every gateway takes the merge of what all clusters
 // declared (Merge). The package is pure: the types, their validation, and
