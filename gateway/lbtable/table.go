@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -90,7 +92,14 @@ type Table struct {
 	// until the first Sync and after a failure or drift.
 	applied *state
 	written map[string][]string
+	// maglevChecked is when Verify last compared the Maglev tables, the
+	// bulk of the table, element by element.
+	maglevChecked time.Time
 }
+
+// maglevCheckEvery is how often Verify reads the Maglev tables back
+// (65,537 entries per VIP port); the rest it reads every time.
+const maglevCheckEvery = 30 * time.Second
 
 // New opens the table's connections; nothing is written until Sync.
 func New(o Options) (*Table, error) {
@@ -126,7 +135,29 @@ type state struct {
 	tunnel string
 	size   int
 	ids    []uint32 // the tables, each with its chain
+	// els are the elements of the sets but the Maglev map, which is
+	// tables: kept as they are, 65,537 entries each, and compared entry
+	// by entry.
 	els    map[string]map[string]nftables.SetElement
+	tables map[uint32][]netip.AddrPort
+}
+
+// maglevElement is entry i of table id, of a table of size entries.
+func maglevElement(id uint32, size, i int, to netip.AddrPort) nftables.SetElement {
+	// The hash writes its register in host order.
+	key := binary.NativeEndian.AppendUint32(make([]byte, 0, 4), id*uint32(size)+uint32(i))
+	return nftables.SetElement{Key: key, Val: append(to.Addr().AsSlice(), port4(to.Port())...)}
+}
+
+// maglevElements are the elements of every table.
+func (s state) maglevElements() []nftables.SetElement {
+	var out []nftables.SetElement
+	for _, id := range s.ids {
+		for i, to := range s.tables[id] {
+			out = append(out, maglevElement(id, s.size, i, to))
+		}
+	}
+	return out
 }
 
 func (t *Table) index(p Program) (state, error) {
@@ -138,7 +169,7 @@ func (t *Table) index(p Program) (state, error) {
 		s.els[n] = map[string]nftables.SetElement{}
 	}
 	add := func(set string, e nftables.SetElement) {
-		s.els[set][fmt.Sprintf("%x/%v", e.Key, e.IntervalEnd)] = e
+		s.els[set][elementKey(e)] = e
 	}
 	for vp, id := range p.Ports {
 		if !p.VIPRange.Contains(vp.VIP) {
@@ -146,18 +177,16 @@ func (t *Table) index(p Program) (state, error) {
 		}
 		add(mapPorts, nftables.SetElement{Key: vipPortKey(vp), VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: portChain(id)}})
 	}
+	s.tables = p.Tables
 	for id, targets := range p.Tables {
 		if len(targets) != p.TableSize {
 			return state{}, fmt.Errorf("lbtable: table %d has %d entries; want %d", id, len(targets), p.TableSize)
 		}
 		s.ids = append(s.ids, id)
-		for i, to := range targets {
+		for _, to := range targets {
 			if !to.Addr().Is4() {
 				return state{}, fmt.Errorf("lbtable: backend %s is not IPv4", to)
 			}
-			// The hash writes its register in host order.
-			key := binary.NativeEndian.AppendUint32(nil, id*uint32(p.TableSize)+uint32(i))
-			add(mapMaglev, nftables.SetElement{Key: key, Val: append(to.Addr().AsSlice(), port4(to.Port())...)})
 		}
 	}
 	slices.Sort(s.ids)
@@ -168,6 +197,14 @@ func (t *Table) index(p Program) (state, error) {
 		add(setVIPs, e)
 	}
 	return s, nil
+}
+
+// elementKey identifies an element within its set.
+func elementKey(e nftables.SetElement) string {
+	if e.IntervalEnd {
+		return string(e.Key) + "/end"
+	}
+	return string(e.Key)
 }
 
 // port4 is a port in a 4-byte register: big-endian, zero-padded.
@@ -201,7 +238,7 @@ func (t *Table) Sync(p Program) (SyncStats, error) {
 		return SyncStats{}, err
 	}
 	var st SyncStats
-	if t.applied == nil || t.applied.tunnel != want.tunnel || t.applied.size != want.size || !slices.Equal(t.applied.ids, want.ids) {
+	if t.applied == nil || t.applied.tunnel != want.tunnel || t.applied.size != want.size {
 		st.Full = true
 		t.applied = nil
 		if err := t.full(want); err != nil {
@@ -241,7 +278,11 @@ func (t *Table) full(s state) error {
 		if err := c.AddSet(ss[name], nil); err != nil {
 			return fmt.Errorf("lbtable: set %s: %w", name, err)
 		}
-		if err := nftx.AddElements(c, ss[name], slices.Collect(maps.Values(s.els[name]))); err != nil {
+		els := slices.Collect(maps.Values(s.els[name]))
+		if name == mapMaglev {
+			els = s.maglevElements()
+		}
+		if err := nftx.AddElements(c, ss[name], els); err != nil {
 			return fmt.Errorf("lbtable: %w", err)
 		}
 	}
@@ -257,6 +298,24 @@ func (t *Table) full(s state) error {
 
 func (t *Table) diff(old, want state) (added, removed int, err error) {
 	ss := sets()
+	// New VIP ports' chains first: the verdict map's new elements name
+	// them. Old ones go last, once nothing names them.
+	var fresh []uint32
+	for _, id := range want.ids {
+		if !slices.Contains(old.ids, id) {
+			fresh = append(fresh, id)
+		}
+	}
+	if len(fresh) > 0 {
+		chains := map[string]*nftables.Chain{}
+		var rs []nftx.Rule
+		for _, id := range fresh {
+			chains[portChain(id)] = t.conn.AddChain(&nftables.Chain{Name: portChain(id), Table: table})
+			rs = append(rs, portRule(id, want.size))
+		}
+		nftx.Finish(rs, ss, version)
+		nftx.AddRules(t.conn, table, chains, rs)
+	}
 	for _, name := range setNames {
 		var add, del []nftables.SetElement
 		for k, e := range want.els[name] {
@@ -272,6 +331,9 @@ func (t *Table) diff(old, want state) (added, removed int, err error) {
 				del = append(del, o)
 			}
 		}
+		if name == mapMaglev {
+			add, del = diffTables(old, want)
+		}
 		if err := nftx.DeleteElements(t.conn, ss[name], del); err != nil {
 			return 0, 0, fmt.Errorf("lbtable: %w", err)
 		}
@@ -280,13 +342,53 @@ func (t *Table) diff(old, want state) (added, removed int, err error) {
 		}
 		added, removed = added+len(add), removed+len(del)
 	}
-	if added+removed == 0 {
+	chainsChanged := len(fresh) > 0
+	for _, id := range old.ids {
+		if !slices.Contains(want.ids, id) {
+			ch := &nftables.Chain{Name: portChain(id), Table: table}
+			t.conn.FlushChain(ch)
+			t.conn.DelChain(ch)
+			chainsChanged = true
+		}
+	}
+	if added+removed == 0 && !chainsChanged {
 		return 0, 0, nil
 	}
 	if err := t.conn.Flush(); err != nil {
 		return 0, 0, fmt.Errorf("lbtable: update table %s: %w", TableName, err)
 	}
+	if chainsChanged {
+		if t.written, err = nftx.ReadRules(t.conn, table, chainSpecs, version); err != nil {
+			return 0, 0, fmt.Errorf("lbtable: %w", err)
+		}
+	}
 	return added, removed, nil
+}
+
+// diffTables are the Maglev entries to add and to delete to turn old's
+// tables into want's: only the entries that changed.
+func diffTables(old, want state) (add, del []nftables.SetElement) {
+	for id, ts := range want.tables {
+		prev := old.tables[id]
+		for i, to := range ts {
+			if prev != nil && prev[i] == to {
+				continue
+			}
+			if prev != nil {
+				del = append(del, maglevElement(id, old.size, i, prev[i]))
+			}
+			add = append(add, maglevElement(id, want.size, i, to))
+		}
+	}
+	for id, prev := range old.tables {
+		if _, ok := want.tables[id]; ok {
+			continue
+		}
+		for i, to := range prev {
+			del = append(del, maglevElement(id, old.size, i, to))
+		}
+	}
+	return add, del
 }
 
 func rules(tunnel string, size int, ids []uint32, ss map[string]*nftables.Set) []nftx.Rule {
@@ -331,27 +433,37 @@ func rules(tunnel string, size int, ids []uint32, ss map[string]*nftables.Set) [
 			})},
 	}
 	for _, id := range ids {
-		out = append(out, nftx.Rule{Chain: portChain(id), Comment: fmt.Sprintf("Maglev table %d: the 5-tuple's entry to its backend", id),
-			Exprs: []expr.Any{
-				counter(ctrBalanced),
-				// Mark the packet for postrouting; only a connection's
-				// first packet passes the NAT chains.
-				&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: nftx.U32(^uint32(Mark)), Xor: nftx.U32(Mark)},
-				&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
-				payload(regHashIn, nftx.OffSaddr, 4, net),
-				payload(regHashIn+1, 0, 2, th),
-				payload(regHashIn+2, nftx.OffDaddr, 4, net),
-				payload(regHashIn+3, 2, 2, th),
-				&expr.Hash{SourceRegister: regHashIn, DestRegister: 1, Length: 16, Modulus: uint32(size), Seed: hashSeed,
-					Offset: id * uint32(size), Type: expr.HashTypeJenkins},
-				&expr.Lookup{SourceRegister: 1, DestRegister: regNATAddr, IsDestRegSet: true, SetName: mapMaglev},
-				&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: regNATAddr, RegAddrMax: regNATAddr,
-					RegProtoMin: regNATPort, RegProtoMax: regNATPort, Specified: true},
-			}})
+		out = append(out, portRule(id, size))
 	}
 	nftx.Finish(out, ss, version)
 	return out
+}
+
+// portRule balances one VIP port over its Maglev table: it marks the
+// packet for postrouting, hashes the 5-tuple to one of the table's
+// entries and DNATs to the entry's backend.
+func portRule(id uint32, size int) nftx.Rule {
+	net, th := expr.PayloadBaseNetworkHeader, expr.PayloadBaseTransportHeader
+	payload := func(reg, off, n uint32, base expr.PayloadBase) *expr.Payload {
+		return &expr.Payload{DestRegister: reg, Base: base, Offset: off, Len: n}
+	}
+	return nftx.Rule{Chain: portChain(id), Comment: fmt.Sprintf("Maglev table %d: the 5-tuple's entry to its backend", id),
+		Exprs: []expr.Any{
+			&expr.Objref{Type: objCounter, Name: ctrBalanced},
+			// Only a connection's first packet passes the NAT chains.
+			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: nftx.U32(^uint32(Mark)), Xor: nftx.U32(Mark)},
+			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+			payload(regHashIn, nftx.OffSaddr, 4, net),
+			payload(regHashIn+1, 0, 2, th),
+			payload(regHashIn+2, nftx.OffDaddr, 4, net),
+			payload(regHashIn+3, 2, 2, th),
+			&expr.Hash{SourceRegister: regHashIn, DestRegister: 1, Length: 16, Modulus: uint32(size), Seed: hashSeed,
+				Offset: id * uint32(size), Type: expr.HashTypeJenkins},
+			&expr.Lookup{SourceRegister: 1, DestRegister: regNATAddr, IsDestRegSet: true, SetName: mapMaglev},
+			&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: regNATAddr, RegAddrMax: regNATAddr,
+				RegProtoMin: regNATPort, RegProtoMax: regNATPort, Specified: true},
+		}}
 }
 
 // Counter is a named counter's value.
@@ -360,22 +472,20 @@ type Counter struct{ Packets, Bytes uint64 }
 // Counters reads the table's counters: "balanced" (connections DNATed to
 // a backend) and "refused" (connections to a VIP refused).
 func (t *Table) Counters() (map[string]Counter, error) {
-	objs, err := t.conn.GetObjects(table)
+	objs, err := nftx.Counters(t.conn, table)
 	if err != nil {
-		return nil, fmt.Errorf("lbtable: counters: %w", err)
+		return nil, fmt.Errorf("lbtable: %w", err)
 	}
 	out := map[string]Counter{}
-	for _, o := range objs {
-		if c, ok := o.(*nftables.CounterObj); ok {
-			out[c.Name] = Counter{Packets: c.Packets, Bytes: c.Bytes}
-		}
+	for name, c := range objs {
+		out[name] = Counter{Packets: c.Packets, Bytes: c.Bytes}
 	}
 	return out, nil
 }
 
 // Verify reports whether the kernel still holds what the last Sync wrote:
-// the table, live; its chains and rules; the elements of every map but
-// the Maglev tables, of which it checks the count. If not, the next Sync
+// the table, live; its chains and rules; the elements of every map, the
+// Maglev tables' at most every maglevCheckEvery. If not, the next Sync
 // rewrites the table whole.
 func (t *Table) Verify() (bool, error) {
 	if t.applied == nil {
@@ -402,13 +512,26 @@ func (t *Table) verify(s state) bool {
 		}
 	}
 	ss := sets()
+	if time.Since(t.maglevChecked) > maglevCheckEvery {
+		els, err := t.conn.GetSetElements(ss[mapMaglev])
+		if err != nil || !nftx.SameElements(els, s.maglevElements()) {
+			return false
+		}
+		t.maglevChecked = time.Now()
+	}
 	for _, name := range setNames {
+		if name == mapMaglev {
+			continue
+		}
 		els, err := t.conn.GetSetElements(ss[name])
 		if err != nil {
 			return false
 		}
-		if name == mapMaglev {
-			if len(els) != len(s.els[name]) {
+		switch name {
+		case mapMaglev:
+			continue // below, now and then
+		case mapPorts:
+			if !nftx.SameVerdicts(els, slices.Collect(maps.Values(s.els[name]))) {
 				return false
 			}
 			continue

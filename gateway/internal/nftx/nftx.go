@@ -19,7 +19,7 @@ import (
 
 // Conn opens a lasting nftables connection for the namespace the options
 // name (the current one by default; nftables.WithNetNSFd for another),
-// with SendBuffer.
+// with SendBuffer and ReceiveBuffer.
 func Conn(opts ...nftables.ConnOption) (*nftables.Conn, error) {
 	return nftables.New(append(opts, nftables.AsLasting(), nftables.WithSockOptions(bigSendBuffer))...)
 }
@@ -38,11 +38,14 @@ func bigSendBuffer(c *netlink.Conn) error {
 	var serr error
 	if err := raw.Control(func(fd uintptr) {
 		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, SendBuffer)
+		if serr == nil {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, ReceiveBuffer)
+		}
 	}); err != nil {
 		return err
 	}
 	if serr != nil {
-		return fmt.Errorf("nftables: send buffer: %w", serr)
+		return fmt.Errorf("nftables: socket buffers: %w", serr)
 	}
 	return nil
 }
@@ -50,13 +53,18 @@ func bigSendBuffer(c *netlink.Conn) error {
 // Chunk is how many elements go in one netlink message. A message's
 // element list is one attribute, whose length is 16 bits: past 64 KiB it
 // wraps, and the kernel silently takes only the first elements. Each
-// element costs its key and value plus 32 bytes of attribute headers; all
-// of a batch's messages still commit as one transaction.
+// element costs its key and value, its comment, its verdict's chain name,
+// and some 64 bytes of attribute headers; all of a batch's messages still
+// commit as one transaction.
 func Chunk(els []nftables.SetElement) int {
-	if len(els) == 0 {
-		return 1
+	per := 1
+	for _, e := range els {
+		size := len(e.Key) + len(e.Val) + len(e.Comment) + 64
+		if e.VerdictData != nil {
+			size += len(e.VerdictData.Chain)
+		}
+		per = max(per, size)
 	}
-	per := len(els[0].Key) + len(els[0].Val) + 32
 	return max(1, 60000/per)
 }
 
