@@ -56,6 +56,10 @@ demo: deps build
 	@echo "cloud-b-pod1 resolves cloud-a's service through cloud-b's gateway, which learned it by gossip:"
 	@$(BIN)/strait lab exec --run demo cloud-b-pod1 -- dig +noall +answer @172.31.0.1 cloud-a-pod1.default.svc.clusterset.local
 	@echo
+	@echo "default/web is exported by cloud-a and cloud-b and global: one VIP, balanced by onprem's gateway over both clouds:"
+	@$(BIN)/strait lab exec --run demo onprem-pod1 -- dig +noall +answer @172.31.0.1 web.default.svc.clusterset.local
+	@$(BIN)/strait lab connect --run demo -n 20 onprem-pod1 $$($(BIN)/strait lab exec --run demo onprem-pod1 -- dig +short @172.31.0.1 web.default.svc.clusterset.local)
+	@echo
 	@$(BIN)/strait lab status --run demo | sed -n '/^gateway/,$$p'
 	@echo
 	@echo "The lab stays up. Explore it:"
@@ -64,6 +68,8 @@ demo: deps build
 	@echo "  $(BIN)/strait lab exec cloud-a-gw -- wg show wg-demo-0   cloud-a's tunnel"
 	@echo "  $(BIN)/strait lab exec cloud-b-gw -- nft list table ip strait   cloud-b's translation"
 	@echo "  $(BIN)/strait lab exec cloud-b-gw -- conntrack -L        translated flows"
+	@echo "  $(BIN)/strait lab exec onprem-gw -- nft list table ip strait-lb   onprem's load balancer (Maglev tables)"
+	@echo "  $(BIN)/strait lab connect onprem-pod1 242.255.0.1         connections to the VIP, by backend"
 	@echo "  $(BIN)/strait lab exec cloud-b-pod1 -- dig @172.31.0.1 cloud-a-pod1.default.svc.clusterset.local"
 	@echo "                                                          cloud-a's service, as cloud-b's gateway learned it"
 	@echo "  cat /run/strait/lab/demo/cloud-a/mesh.yaml               all a gateway is told; the rest comes from gossip"
@@ -102,6 +108,8 @@ fuzz:
 	$(GO) test ./e2e/lab -run '^$$' -fuzz FuzzParseReply -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
 	$(GO) test ./discovery/dnsserver -run '^$$' -fuzz FuzzServeDNS -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
 	$(GO) test ./discovery/catalog -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
+	$(GO) test ./gateway/internal/nflog -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
+	$(GO) test ./gateway/lb/maglev -run '^$$' -fuzz FuzzBuild -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
 
 ## generate: rebuild the committed eBPF objects and their Go bindings (Debian's clang, libbpf-dev)
 generate:

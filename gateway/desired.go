@@ -10,6 +10,7 @@ import (
 
 	"github.com/straitnet/strait/discovery/catalog"
 	"github.com/straitnet/strait/discovery/kubesource"
+	"github.com/straitnet/strait/discovery/meshpolicy"
 	"github.com/straitnet/strait/gateway/meshconf"
 	"github.com/straitnet/strait/gateway/nat"
 	"github.com/straitnet/strait/gateway/siteconf"
@@ -43,6 +44,19 @@ type desired struct {
 	// were left out, and why.
 	exports  []catalog.Service
 	problems []string
+	// lb and fw are the mesh file's loadBalancer and firewall sections;
+	// globalServices and policies what this site declares for the mesh
+	// (site file, then Kubernetes objects), without allocated VIPs.
+	lb             *meshconf.LoadBalancer
+	fw             *meshconf.Firewall
+	globalServices []meshpolicy.GlobalService
+	policies       []meshpolicy.Policy
+	// egressRules are the site's egress rules, whose addresses tell
+	// other sites' firewalls its namespaces apart.
+	egressRules []natpool.EgressRule
+	// mesh is the mesh, learned sites included, for the firewall's view
+	// of the other clusters.
+	mesh *meshconf.Mesh
 	// meshData and siteData are the files it was derived from: with
 	// other inputs, they derive the next configuration while the files
 	// on disk are refused.
@@ -81,6 +95,13 @@ func derive(m *meshconf.Mesh, sc *siteconf.Config, self string, key wgtypes.Key,
 		cidrs:     me.CIDRs,
 		self:      *me,
 		discovery: m.Discovery,
+		lb:        m.LoadBalancer,
+		fw:        m.Firewall,
+		mesh:      m,
+		// Declarations of the site file; Kubernetes objects add theirs.
+		globalServices: slices.Clone(sc.GlobalServices),
+		policies:       slices.Clone(sc.Policies),
+		egressRules:    sc.Rules(),
 	}
 	var peers []natpool.Site
 	for _, p := range m.Peers(self) {
@@ -190,4 +211,24 @@ func program(d desired, lookup func(string) (netip.Addr, bool)) nat.Program {
 		}
 	}
 	return p
+}
+
+// addDeclared adds what the cluster's strait.io objects declare to the
+// site file's declarations; where both declare the same name, the site
+// file's is published, and the status says so.
+func addDeclared(d *desired, in inputs) {
+	for _, g := range in.GlobalServices {
+		if slices.ContainsFunc(d.globalServices, func(o meshpolicy.GlobalService) bool { return o.Key() == g.Key() }) {
+			d.problems = append(d.problems, fmt.Sprintf("global service %s is declared by the site file and by a GlobalService object; the site file's is published", g.Key()))
+			continue
+		}
+		d.globalServices = append(d.globalServices, g)
+	}
+	for _, p := range in.Policies {
+		if slices.ContainsFunc(d.policies, func(o meshpolicy.Policy) bool { return o.Name == p.Name }) {
+			d.problems = append(d.problems, fmt.Sprintf("policy %s is declared by the site file and by a FirewallPolicy object; the site file's is published", p.Name))
+			continue
+		}
+		d.policies = append(d.policies, p)
+	}
 }

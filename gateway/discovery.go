@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -21,8 +22,11 @@ import (
 	"github.com/straitnet/strait/discovery/catalog"
 	"github.com/straitnet/strait/discovery/dnsserver"
 	"github.com/straitnet/strait/discovery/gossip"
+	"github.com/straitnet/strait/discovery/kubepolicy"
 	"github.com/straitnet/strait/discovery/kubesource"
+	"github.com/straitnet/strait/discovery/meshpolicy"
 	"github.com/straitnet/strait/discovery/trustfile"
+	"github.com/straitnet/strait/gateway/health"
 	"github.com/straitnet/strait/gateway/meshconf"
 	"github.com/straitnet/strait/internal/atomicfile"
 	"github.com/straitnet/strait/natpool"
@@ -49,13 +53,17 @@ type discovery struct {
 	expires time.Time
 	// started is the section the gateway started with: what cannot change
 	// without a restart (bind, DNS, CA, identity) is compared with it.
-	started meshconf.Discovery
+	started   meshconf.Discovery
+	startedAt time.Time
 
 	dns     *dnsserver.Server
 	dnsPC   net.PacketConn // bound at start, served by the loop
 	dnsLn   net.Listener
 	kube    *kubesource.Source // nil without Kubernetes
 	kubeRun context.CancelFunc
+	// policy reads the cluster's strait.io objects; nil without
+	// Kubernetes.
+	policy *kubepolicy.Source
 
 	mu sync.Mutex // guards the fields below
 	// seeds and keys are the current section's.
@@ -67,6 +75,13 @@ type discovery struct {
 	problems []string
 	// kubeErr is why the last sync with the cluster's API failed.
 	kubeErr string
+	// vips and conflicts are what the strait.io objects' status says
+	// (the reconcile loop's last pass); policyProblems why objects are
+	// left out.
+	vips           map[string]netip.Addr
+	conflicts      map[string]string
+	policyProblems []string
+	statusDirty    chan struct{}
 }
 
 // startDiscovery loads the identity and opens the gossip and DNS
@@ -93,7 +108,7 @@ func startDiscovery(opts Options, d *meshconf.Discovery, me *meshconf.Site) (_ *
 	if err != nil {
 		return nil, fmt.Errorf("discovery: %w", err)
 	}
-	ds := &discovery{cat: cat, log: opts.Logger.With("component", "discovery", "site", opts.Site), started: *d, seeds: d.Seeds, keys: d.GossipKeys, expires: id.Cert.NotAfter}
+	ds := &discovery{cat: cat, log: opts.Logger.With("component", "discovery", "site", opts.Site), started: *d, startedAt: time.Now(), seeds: d.Seeds, statusDirty: make(chan struct{}, 1), keys: d.GossipKeys, expires: id.Cert.NotAfter}
 	defer func() {
 		if err != nil {
 			ds.close()
@@ -121,6 +136,12 @@ func startDiscovery(opts Options, d *meshconf.Discovery, me *meshconf.Site) (_ *
 		ds.kube, err = kubesource.New(kubesource.Options{Kube: opts.Kube.Kube, MCS: opts.Kube.MCS, Cluster: opts.Site, Logger: opts.Logger, Now: opts.Now})
 		if err != nil {
 			return nil, fmt.Errorf("discovery: %w", err)
+		}
+		if opts.Kube.Dynamic != nil {
+			ds.policy, err = kubepolicy.New(kubepolicy.Options{Dynamic: opts.Kube.Dynamic, Cluster: opts.Site, Logger: opts.Logger, Now: opts.Now})
+			if err != nil {
+				return nil, fmt.Errorf("discovery: %w", err)
+			}
 		}
 	}
 	return ds, nil
@@ -161,6 +182,17 @@ func (ds *discovery) inputs() inputs {
 			in.Exports = ds.kube.Exports()
 		} else {
 			in.Exports = remembered.Exports
+		}
+	}
+	if ds.policy != nil {
+		if ds.policy.Synced() {
+			var problems []string
+			in.GlobalServices, in.Policies, problems = ds.policy.Declared()
+			ds.mu.Lock()
+			ds.policyProblems = problems
+			ds.mu.Unlock()
+		} else {
+			in.GlobalServices, in.Policies = remembered.GlobalServices, remembered.Policies
 		}
 	}
 	return in
@@ -232,14 +264,23 @@ func (ds *discovery) run(ctx context.Context, wg *sync.WaitGroup, kick func()) {
 		})
 		wg.Go(func() { ds.kubeSync(ctx, kick) })
 	}
+	if ds.policy != nil {
+		wg.Go(func() {
+			if err := ds.policy.Run(ctx); err != nil && ctx.Err() == nil {
+				ds.log.Error("strait.io object source stopped", "err", err)
+			}
+		})
+		wg.Go(func() { ds.policySync(ctx, kick) })
+	}
 	wg.Go(func() { ds.joinLoop(ctx) })
 	wg.Go(func() { ds.watch(ctx, kick) })
 }
 
 // watch follows the catalog: every change updates DNS at once, and a
-// change of the sites the catalog knows asks for a pass (services
-// elsewhere changing do not concern the tunnel or the translation).
-// Tombstones past their time are dropped on the way.
+// change of what the gateway programs from it asks for a pass: the sites
+// (tunnel, translation), and the instances, health, global services,
+// policies and egress addresses (load balancer, firewall). Tombstones past
+// their time are dropped on the way.
 func (ds *discovery) watch(ctx context.Context, kick func()) {
 	var last uint64
 	var sites string
@@ -253,7 +294,7 @@ func (ds *discovery) watch(ctx context.Context, kick func()) {
 			if ds.dns != nil {
 				ds.dns.Update(snap)
 			}
-			if now := fmt.Sprint(learned(snap)); now != sites {
+			if now := programmed(snap); now != sites {
 				sites = now
 				kick()
 			}
@@ -309,6 +350,53 @@ func (ds *discovery) kubeSync(ctx context.Context, kick func()) {
 			dirty = true
 			kick()
 		case <-retry:
+		}
+	}
+}
+
+// policySync asks for a pass whenever the cluster's strait.io objects
+// change, and keeps their status (Accepted, the VIP in use) in line with
+// what the last pass made of them.
+func (ds *discovery) policySync(ctx context.Context, kick func()) {
+	backoff := time.Second
+	for {
+		changed := ds.policy.Changed()
+		var retry <-chan time.Time
+		if ds.policy.Synced() {
+			ds.mu.Lock()
+			vips, conflicts := ds.vips, ds.conflicts
+			ds.mu.Unlock()
+			if err := ds.policy.SyncStatus(ctx, vips, conflicts); err != nil && ctx.Err() == nil {
+				ds.log.Warn("writing the status of strait.io objects; retrying", "err", err)
+				retry, backoff = time.After(backoff), min(2*backoff, 30*time.Second)
+			} else {
+				backoff = time.Second
+			}
+		} else {
+			retry = time.After(time.Second)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+			kick()
+		case <-ds.statusDirty:
+		case <-retry:
+		}
+	}
+}
+
+// setPolicyStatus records what the strait.io objects' status should say;
+// the status is written when it changed.
+func (ds *discovery) setPolicyStatus(vips map[string]netip.Addr, conflicts map[string]string) {
+	ds.mu.Lock()
+	same := maps.Equal(vips, ds.vips) && maps.Equal(conflicts, ds.conflicts)
+	ds.vips, ds.conflicts = vips, conflicts
+	ds.mu.Unlock()
+	if !same {
+		select {
+		case ds.statusDirty <- struct{}{}:
+		default:
 		}
 	}
 }
@@ -413,6 +501,14 @@ func (ds *discovery) alive() int {
 	return n
 }
 
+// programmed is what of a snapshot the gateway programs, as text to
+// compare: everything but the generation.
+func programmed(snap catalog.Snapshot) string {
+	snap.Generation = 0
+	b, _ := json.Marshal(snap)
+	return string(b)
+}
+
 // configure takes a new valid discovery section: keys and seeds change at
 // once; the rest needs a restart, said in the status.
 func (ds *discovery) configure(d *meshconf.Discovery) {
@@ -483,13 +579,21 @@ func learned(snap catalog.Snapshot) []meshconf.Site {
 // catalog and gossips what changed. Services get the ingress addresses
 // allocated to them; one without an address yet (an exhausted pool) is
 // not published: nobody could reach it.
-func (ds *discovery) publish(want desired, self *meshconf.Site, pub wgtypes.Key, lookup func(string) (netip.Addr, bool)) error {
+func (ds *discovery) publish(want desired, self *meshconf.Site, pub wgtypes.Key, lookup func(string) (netip.Addr, bool), mp meshDeclared) error {
 	c := catalog.Cluster{
 		Region: ds.started.Region, PublicKey: pub.String(), Gossip: ds.started.AdvertiseAddr(self),
 		Block: self.Block, CIDRs: self.CIDRs, Routable: self.Routable,
 	}
 	if self.Endpoint != "" {
 		c.Endpoints = []string{self.Endpoint}
+	}
+	if ip, ok := lookup(natpool.EgressDefaultKey()); ok {
+		c.Egress = append(c.Egress, catalog.Egress{Addr: ip})
+	}
+	for _, r := range want.egressRules {
+		if ip, ok := lookup(natpool.EgressRuleKey(r.Name)); ok {
+			c.Egress = append(c.Egress, catalog.Egress{Addr: ip, Namespace: r.Namespace, Labels: r.Selector})
+		}
 	}
 	var svcs []catalog.Service
 	for _, s := range want.exports {
@@ -502,16 +606,40 @@ func (ds *discovery) publish(want desired, self *meshconf.Site, pub wgtypes.Key,
 		}
 		svcs = append(svcs, s)
 	}
-	rs, err := ds.cat.Publish(c, svcs)
+	svcs = withHealth(svcs, mp.health)
+	rs, err := ds.cat.PublishAll(catalog.Local{Cluster: c, Services: svcs, GlobalServices: mp.globalServices, Policies: mp.policies})
 	if err != nil {
 		return fmt.Errorf("discovery: publish: %w", err)
 	}
 	if len(rs) > 0 {
 		ds.gossip.Publish(rs)
-		ds.log.Info("published", "records", len(rs), "services", len(svcs))
+		ds.log.Info("published", "records", len(rs), "services", len(svcs), "globalServices", len(mp.globalServices), "policies", len(mp.policies))
 	}
 	return nil
 }
+
+// meshDeclared is what this site publishes besides itself and its
+// exports: its declarations of mesh policy, VIPs filled in, and the
+// health of its instances of global services.
+type meshDeclared struct {
+	globalServices []meshpolicy.GlobalService
+	policies       []meshpolicy.Policy
+	health         map[string]health.Result
+}
+
+// settled says the catalog can be trusted to hold the mesh's policy: this
+// gateway joined (a join exchanges whole catalogs), it has no seeds to join
+// through, or it has tried long enough. Until then the load balancer and
+// the firewall keep what the kernel holds from before a restart.
+func (ds *discovery) settled() bool {
+	ds.mu.Lock()
+	defer ds.mu.Unlock()
+	return !ds.firstPeer.IsZero() || len(ds.seeds) == 0 || time.Since(ds.startedAt) > settleTimeout
+}
+
+// settleTimeout is how long the gateway waits for a first peer before it
+// programs the load balancer and firewall from what it alone knows.
+const settleTimeout = 20 * time.Second
 
 // takeDiscovery takes the discovery part of a new valid configuration;
 // g.mu is held and g.wanted is still the previous one.
@@ -562,13 +690,19 @@ func (ds *discovery) status() *DiscoveryStatus {
 		st.Kube = &s
 	}
 	st.IdentityExpires = ds.expires
+	alive := ds.alive()
 	ds.mu.Lock()
 	defer ds.mu.Unlock()
 	st.Problems = slices.Clone(ds.problems)
 	if left := time.Until(ds.expires); left < 30*24*time.Hour {
 		st.Problems = append(st.Problems, fmt.Sprintf("the identity's certificate expires at %s (in %s): issue a new one with `strait ca issue` and restart", ds.expires.Format(time.RFC3339), left.Round(time.Hour)))
 	}
-	for _, e := range []string{ds.joinErr, ds.kubeErr} {
+	st.Problems = append(st.Problems, ds.policyProblems...)
+	joinErr := ds.joinErr
+	if alive > 1 {
+		joinErr = "" // another member joined this one: the failure is past
+	}
+	for _, e := range []string{joinErr, ds.kubeErr} {
 		if e != "" {
 			st.Problems = append(st.Problems, e)
 		}

@@ -27,10 +27,13 @@ import (
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
 	"github.com/straitnet/strait/discovery/kubesource"
+	"github.com/straitnet/strait/discovery/meshpolicy"
+	"github.com/straitnet/strait/gateway/lbtable"
 	"github.com/straitnet/strait/gateway/meshconf"
 	"github.com/straitnet/strait/gateway/nat"
 	"github.com/straitnet/strait/gateway/siteconf"
@@ -79,6 +82,9 @@ type Options struct {
 type KubeClients struct {
 	Kube kubernetes.Interface
 	MCS  mcsclient.Interface
+	// Dynamic reads strait.io's GlobalService and FirewallPolicy
+	// objects; nil: the cluster declares none.
+	Dynamic dynamic.Interface
 }
 
 // DefaultStateDir is where a gateway keeps its key, allocations and socket.
@@ -180,6 +186,17 @@ type Gateway struct {
 	ready               bool
 	// publishErr says why the last publication in the catalog failed.
 	publishErr string
+
+	// lb and fw are the load balancer and the mesh firewall; nil where
+	// the gateway runs without them (tests). The loop owns them.
+	lb *balancer
+	fw *fwState
+	// lbStatus, fwStatus and meshProblems are the last pass's results.
+	lbStatus     *LBStatus
+	fwStatus     *FirewallStatus
+	meshProblems []string
+	// lastDeclared is what the last pass declared (the loop's).
+	lastDeclared meshDeclared
 }
 
 // Problem is an error the gateway reports in its status until it clears.
@@ -268,6 +285,10 @@ func Start(ctx context.Context, opts Options) (*Gateway, error) {
 	}
 	g := newGateway(opts, log, key, eng, tab, store)
 	g.disc, g.inputs = disc, in
+	if err := g.openMeshTables(); err != nil {
+		g.Close()
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 	if err := g.start(ctx, want, h); err != nil {
 		g.Close()
 		return nil, err
@@ -295,6 +316,10 @@ func readConfig(opts Options, key wgtypes.Key) (desired, string, error) {
 type inputs struct {
 	Learned []meshconf.Site     `json:"learned,omitempty"`
 	Exports []kubesource.Export `json:"exports,omitempty"`
+	// GlobalServices and Policies are what the cluster's strait.io
+	// objects declare.
+	GlobalServices []meshpolicy.GlobalService `json:"globalServices,omitempty"`
+	Policies       []meshpolicy.Policy        `json:"policies,omitempty"`
 }
 
 // currentInputs returns the current inputs; none without discovery.
@@ -346,6 +371,7 @@ func parseConfig(opts Options, key wgtypes.Key, meshData, siteData []byte, in in
 	}
 	want.problems = problems
 	addExports(&want, in.Exports)
+	addDeclared(&want, in)
 	want.meshData, want.siteData = meshData, siteData
 	return want, h, nil
 }
@@ -371,7 +397,7 @@ func (g *Gateway) start(ctx context.Context, want desired, h string) error {
 	if err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
-	if err := g.publish(want); err != nil {
+	if err := g.publish(want, meshDeclared{}); err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
 	g.mu.Lock()
@@ -387,12 +413,35 @@ func (g *Gateway) Close() error {
 	if g.disc != nil {
 		g.disc.close()
 	}
-	return errors.Join(g.nat.Close(), g.engine.Close())
+	if g.lb != nil {
+		g.lb.close()
+	}
+	var fwErr error
+	if g.fw != nil {
+		fwErr = g.fw.close()
+	}
+	return errors.Join(g.nat.Close(), g.engine.Close(), fwErr)
+}
+
+// openMeshTables opens the load balancer's and the firewall's tables and
+// the VIP store; the tables are written by the first pass that has
+// something for them.
+func (g *Gateway) openMeshTables() error {
+	lbTab, err := lbtable.New(lbtable.Options{})
+	if err != nil {
+		return err
+	}
+	if g.lb, err = newBalancer(g.opts.StateDir, g.opts.Site, g.opts.Now, lbTab, g.opts.Logger, g.kicked); err != nil {
+		lbTab.Close()
+		return err
+	}
+	g.fw, err = openFirewall()
+	return err
 }
 
 // publish puts this site and its exports in the catalog, with the
 // addresses allocated; nothing without discovery.
-func (g *Gateway) publish(want desired) error {
+func (g *Gateway) publish(want desired, mp meshDeclared) error {
 	if g.disc == nil {
 		return nil
 	}
@@ -401,7 +450,7 @@ func (g *Gateway) publish(want desired) error {
 		defer g.mu.Unlock()
 		return g.alloc.Lookup(k)
 	}
-	err := g.disc.publish(want, &want.self, g.key.PublicKey(), lookup)
+	err := g.disc.publish(want, &want.self, g.key.PublicKey(), lookup, mp)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.publishErr = ""
@@ -436,6 +485,9 @@ func (g *Gateway) Loop(ctx context.Context, reload <-chan struct{}) error {
 	if g.disc != nil {
 		g.disc.run(ctx, &wg, g.kicked)
 	}
+	if g.fw != nil {
+		wg.Go(func() { g.logDenies(ctx) })
+	}
 	t := time.NewTicker(g.opts.Interval)
 	defer t.Stop()
 	for {
@@ -463,13 +515,17 @@ func (g *Gateway) reconcile(ctx context.Context) {
 	allocErr := g.allocate(want)
 	engineErr := g.engine.Apply(ctx, want.tunnel)
 	prog, natErr := g.syncNAT(want)
-	var pubErr error
-	if natErr == nil {
+	mp, meshErr := g.declare(want)
+	var pubErr, lbErr, fwErr error
+	if natErr == nil && meshErr == nil {
 		// Published only once translated: an address in DNS and at the
 		// peers must lead somewhere.
-		pubErr = g.publish(want)
+		pubErr = g.publish(want, mp)
 	}
-	err := errors.Join(allocErr, engineErr, natErr, pubErr)
+	if meshErr == nil {
+		lbErr, fwErr = g.syncMesh(want)
+	}
+	err := errors.Join(allocErr, engineErr, natErr, meshErr, pubErr, lbErr, fwErr)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if natErr == nil {

@@ -53,6 +53,10 @@ type Status struct {
 	Tunnel      tunnel.Status        `json:"tunnel"`
 	// Discovery is the catalog and its gossip, with a discovery section.
 	Discovery *DiscoveryStatus `json:"discovery,omitempty"`
+	// LoadBalancer is the global services this gateway balances.
+	LoadBalancer *LBStatus `json:"loadBalancer,omitempty"`
+	// Firewall is the mesh firewall this gateway enforces.
+	Firewall *FirewallStatus `json:"firewall,omitempty"`
 }
 
 // Path is how traffic flows between this site and a peer.
@@ -125,6 +129,16 @@ func (g *Gateway) Status() Status {
 	}
 	for _, d := range g.prog.Translated {
 		st.NAT.Translated = append(st.NAT.Translated, d.String())
+	}
+	if g.lbStatus != nil {
+		l := *g.lbStatus
+		st.LoadBalancer = &l
+	} else if len(g.meshProblems) > 0 {
+		st.LoadBalancer = &LBStatus{Problems: g.meshProblems}
+	}
+	if g.fwStatus != nil {
+		f := *g.fwStatus
+		st.Firewall = &f
 	}
 	g.mu.Unlock()
 	if g.disc != nil {

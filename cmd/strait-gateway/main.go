@@ -17,6 +17,7 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/dynamic"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
 	"github.com/straitnet/strait/gateway"
@@ -144,7 +145,11 @@ func run(args []string) error {
 		if err != nil {
 			return fmt.Errorf("--kubernetes: %w", err)
 		}
-		o.Kube = &gateway.KubeClients{Kube: kc, MCS: mc}
+		dc, err := dynamic.NewForConfig(cfg)
+		if err != nil {
+			return fmt.Errorf("--kubernetes: %w", err)
+		}
+		o.Kube = &gateway.KubeClients{Kube: kc, MCS: mc, Dynamic: dc}
 	}
 	switch *allocations {
 	case "file":

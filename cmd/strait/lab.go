@@ -7,10 +7,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -24,7 +27,7 @@ import (
 
 func labCmd(args []string) error {
 	if len(args) == 0 {
-		return usagef("lab: which subcommand? (up, status, matrix, exec, wan, down, ls)")
+		return usagef("lab: which subcommand? (up, status, matrix, exec, connect, wan, down, ls)")
 	}
 	sub, args := args[0], args[1:]
 	switch sub {
@@ -36,6 +39,8 @@ func labCmd(args []string) error {
 		return labMatrix(args)
 	case "exec":
 		return labExec(args)
+	case "connect":
+		return labConnect(args)
 	case "wan":
 		return labWAN(args)
 	case "down":
@@ -76,9 +81,17 @@ func labUp(args []string) error {
 	wgGo := fs.String("wireguard-go", "", "wireguard-go binary for --wireguard=wireguard-go")
 	gwBin := fs.String("gateway-bin", filepath.Join(binDir(), "strait-gateway"), "strait-gateway binary")
 	quiet := fs.Bool("quiet", false, "print nothing but errors")
+	vips := fs.String("vip-range", "242.255.0.0/24", "the mesh's VIP range: gateways balance global services (empty: no load balancer)")
 	disc := fs.Bool("discovery", true, "gateways learn each other through the gossip catalog, each from a mesh file of its own, and answer clusterset.local; false: one shared mesh file lists every site")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	var vipRange netip.Prefix
+	if *vips != "" {
+		var err error
+		if vipRange, err = netip.ParsePrefix(*vips); err != nil {
+			return usagef("--vip-range %q: %v", *vips, err)
+		}
 	}
 	t, ok := lab.Builtin(*topo)
 	if !ok {
@@ -99,7 +112,7 @@ func labUp(args []string) error {
 	defer stop()
 	l, err := lab.Up(ctx, t, lab.Options{
 		Run: *run, Dir: *dir, GatewayBin: *gwBin, StraitBin: self,
-		WireGuard: *wg, WireGuardGo: *wgGo, Log: log, Discovery: *disc,
+		WireGuard: *wg, WireGuardGo: *wgGo, Log: log, Discovery: *disc, VIPRange: vipRange,
 	})
 	if err != nil {
 		return err
@@ -186,6 +199,53 @@ func labMatrix(args []string) error {
 	}
 	if failed > 0 {
 		return fmt.Errorf("%d of %d pairs failed", failed, len(cells))
+	}
+	return nil
+}
+
+// labConnect opens TCP connections from a host to a lab server's address
+// and counts which server answered each: a VIP's spread over its backends.
+func labConnect(args []string) error {
+	fs, run, dir := labFlags("connect")
+	n := fs.Int("n", 20, "connections")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 2 {
+		return usagef("lab connect HOST ADDR[:PORT]: from which host to where?")
+	}
+	l, err := lab.Open(*run, *dir)
+	if err != nil {
+		return err
+	}
+	from, ok := l.Host(fs.Arg(0))
+	if !ok {
+		return fmt.Errorf("lab connect: no host %q (`strait lab status` lists them)", fs.Arg(0))
+	}
+	to, err := netip.ParseAddrPort(fs.Arg(1))
+	if err != nil {
+		a, aerr := netip.ParseAddr(fs.Arg(1))
+		if aerr != nil {
+			return usagef("lab connect: %q is not an address or address:port", fs.Arg(1))
+		}
+		to = netip.AddrPortFrom(a, lab.ServePort)
+	}
+	seen := map[string]int{}
+	failed := 0
+	for range *n {
+		r, err := lab.Request(context.Background(), from, to, "tcp", 2*time.Second)
+		if err != nil {
+			failed++
+			seen["failed: "+err.Error()]++
+			continue
+		}
+		seen[r.Name+" (saw "+r.Peer.Addr().String()+")"]++
+	}
+	for _, k := range slices.Sorted(maps.Keys(seen)) {
+		fmt.Printf("  %3d  %s\n", seen[k], k)
+	}
+	if failed == *n {
+		return fmt.Errorf("lab connect: no connection from %s to %s", from.Name, to)
 	}
 	return nil
 }

@@ -19,6 +19,7 @@ Usage:
   strait lab status [--run ID]                              hosts, gateways, tunnels of a lab
   strait lab matrix [--run ID] [--paths]                    connectivity matrix from real traffic
   strait lab exec [--run ID] HOST [-- COMMAND [ARGS...]]     run a command in a lab host (default: a shell)
+  strait lab connect [--run ID] [-n N] HOST ADDR[:PORT]     TCP connections to a lab server, counted by who answered
   strait lab wan [--run ID] SITE [--latency D] [--jitter D] [--loss PCT]   change a site's WAN link
   strait lab down [--run ID | --all]                        remove a lab, also after a crash
   strait lab ls                                             list labs

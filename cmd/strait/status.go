@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -121,6 +122,47 @@ func printStatus(w io.Writer, st gateway.Status) {
 		}
 		for _, p := range d.Problems {
 			fmt.Fprintf(w, "  DISCOVERY: %s\n", p)
+		}
+	}
+	if lb := st.LoadBalancer; lb != nil {
+		fmt.Fprintf(w, "  load balancer: VIPs from %s; %d connections balanced, %d refused (no backend serving)\n", lb.VIPRange, lb.Balanced, lb.Refused)
+		for _, s := range lb.Services {
+			var bs []string
+			for _, b := range s.Backends {
+				state := fmt.Sprintf("%.0f%%", b.Share*100)
+				if !b.Serving {
+					state = "not serving"
+				}
+				bs = append(bs, fmt.Sprintf("%s %s (tier %d, %s)", b.Cluster, b.Addr, b.Tier, state))
+			}
+			fmt.Fprintf(w, "    %s at %s %s: %s\n", s.Name, s.VIP, strings.Join(s.Ports, ","), strings.Join(bs, "; "))
+		}
+		for _, name := range slices.Sorted(maps.Keys(lb.Health)) {
+			h := lb.Health[name]
+			state := "healthy"
+			switch {
+			case !h.Checked:
+				state = "not checked yet"
+			case !h.Healthy:
+				state = "UNHEALTHY: " + h.Reason
+			}
+			fmt.Fprintf(w, "    health of this site's %s at %s: %s\n", name, h.Target, state)
+		}
+		for _, p := range lb.Problems {
+			fmt.Fprintf(w, "  LOAD BALANCER: %s\n", p)
+		}
+	}
+	if fw := st.Firewall; fw != nil {
+		fmt.Fprintf(w, "  firewall: default %s (%d connections), %d rules\n", fw.DefaultAction, fw.Default, len(fw.Rules))
+		for _, r := range fw.Rules {
+			dry := ""
+			if r.DryRun {
+				dry = " (dry run)"
+			}
+			fmt.Fprintf(w, "    %-6s %-40s %d connections%s\n", r.Action, r.Name, r.Matched, dry)
+		}
+		for _, p := range fw.Problems {
+			fmt.Fprintf(w, "  FIREWALL: %s\n", p)
 		}
 	}
 	fmt.Fprintf(w, "  %-10s %-22s %-34s %-11s %10s %10s\n", "PEER", "ENDPOINT", "ALLOWED IPS", "HANDSHAKE", "RX", "TX")

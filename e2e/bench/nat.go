@@ -279,56 +279,17 @@ func runNATLookup(ctx context.Context, c Config) (Result, error) {
 // by the strait table or by a linear chain; the client connects to the
 // last one.
 func newLookupSetup(run string, i int, name string, n int, linear bool) (_ *lookupSetup, err error) {
-	prefix := fmt.Sprintf("%s%s-%d", netns.Prefix, run, i)
-	var made []string
-	s := &lookupSetup{name: name}
-	s.stop = func() {
-		for _, ns := range made {
-			netns.Delete(ns)
-		}
+	t, err := newTriple(run, i)
+	if err != nil {
+		return nil, err
 	}
+	s := &lookupSetup{name: name, stop: t.stop}
 	defer func() {
 		if err != nil {
 			s.stop()
 		}
 	}()
-	var nss [3]netns.NS
-	for k, role := range []string{"client", "gw", "server"} {
-		if nss[k], err = netns.Add(prefix + "-" + role); err != nil {
-			return nil, err
-		}
-		made = append(made, nss[k].Name)
-	}
-	client, gw, server := nss[0], nss[1], nss[2]
-	if err := gw.Sysctl("net/ipv4/ip_forward", "1"); err != nil {
-		return nil, err
-	}
-	for _, l := range []struct {
-		a       netns.NS
-		aName   string
-		aAddr   string
-		b       netns.NS
-		bName   string
-		bAddr   string
-		defGwIn netns.NS
-		defGw   string
-	}{
-		{client, "eth0", "10.9.0.2/24", gw, "tun0", "10.9.0.1/24", client, "10.9.0.1"},
-		{server, "eth0", "10.0.1.10/24", gw, "lan0", "10.0.1.1/24", server, "10.0.1.1"},
-	} {
-		if err := vethPair(l.a, l.aName, l.aAddr, l.b, l.bName, l.bAddr); err != nil {
-			return nil, err
-		}
-		h, err := l.defGwIn.Handle()
-		if err != nil {
-			return nil, err
-		}
-		err = h.RouteAdd(&netlink.Route{Gw: net.ParseIP(l.defGw)})
-		h.Close()
-		if err != nil {
-			return nil, err
-		}
-	}
+	gw, server := t.gw, t.server
 	prog := manyServices(n, 0)
 	if linear {
 		if err := linearChain(gw, prog); err != nil {
@@ -351,8 +312,84 @@ func newLookupSetup(run string, i int, name string, n int, linear bool) (_ *look
 		}
 	}
 	// The server: accept and close, in the server's namespace.
+	stopServer, err := acceptAndClose(server, ":8080")
+	if err != nil {
+		return nil, err
+	}
+	stopNS := s.stop
+	s.stop = func() { stopServer(); stopNS() }
+	s.client = t.client
+	s.target = netip.AddrPortFrom(prog.Services[len(prog.Services)-1].Addr, 80)
+	return s, nil
+}
+
+// triple is client — gateway — server: client 10.9.0.2 on "tun0" of the
+// gateway (10.9.0.1), server 10.0.1.10 on "lan0" (10.0.1.1), each with a
+// default route through the gateway, which forwards.
+type triple struct {
+	client, gw, server netns.NS
+	stop               func()
+}
+
+func newTriple(run string, i int) (_ *triple, err error) {
+	prefix := fmt.Sprintf("%s%s-%d", netns.Prefix, run, i)
+	var made []string
+	t := &triple{stop: func() {}}
+	t.stop = func() {
+		for _, ns := range made {
+			netns.Delete(ns)
+		}
+	}
+	defer func() {
+		if err != nil {
+			t.stop()
+		}
+	}()
+	var nss [3]netns.NS
+	for k, role := range []string{"client", "gw", "server"} {
+		if nss[k], err = netns.Add(prefix + "-" + role); err != nil {
+			return nil, err
+		}
+		made = append(made, nss[k].Name)
+	}
+	t.client, t.gw, t.server = nss[0], nss[1], nss[2]
+	if err := t.gw.Sysctl("net/ipv4/ip_forward", "1"); err != nil {
+		return nil, err
+	}
+	for _, l := range []struct {
+		a       netns.NS
+		aName   string
+		aAddr   string
+		b       netns.NS
+		bName   string
+		bAddr   string
+		defGwIn netns.NS
+		defGw   string
+	}{
+		{t.client, "eth0", "10.9.0.2/24", t.gw, "tun0", "10.9.0.1/24", t.client, "10.9.0.1"},
+		{t.server, "eth0", "10.0.1.10/24", t.gw, "lan0", "10.0.1.1/24", t.server, "10.0.1.1"},
+	} {
+		if err := vethPair(l.a, l.aName, l.aAddr, l.b, l.bName, l.bAddr); err != nil {
+			return nil, err
+		}
+		h, err := l.defGwIn.Handle()
+		if err != nil {
+			return nil, err
+		}
+		err = h.RouteAdd(&netlink.Route{Gw: net.ParseIP(l.defGw)})
+		h.Close()
+		if err != nil {
+			return nil, err
+		}
+	}
+	return t, nil
+}
+
+// acceptAndClose serves TCP on addr inside ns: every connection is
+// accepted and closed. It returns the function that stops it.
+func acceptAndClose(ns netns.NS, addr string) (func(), error) {
 	var ln net.Listener
-	if err := server.Do(func() (err error) { ln, err = net.Listen("tcp4", ":8080"); return err }); err != nil {
+	if err := ns.Do(func() (err error) { ln, err = net.Listen("tcp4", addr); return err }); err != nil {
 		return nil, err
 	}
 	go func() {
@@ -364,11 +401,7 @@ func newLookupSetup(run string, i int, name string, n int, linear bool) (_ *look
 			c.Close()
 		}
 	}()
-	stopNS := s.stop
-	s.stop = func() { ln.Close(); stopNS() }
-	s.client = client
-	s.target = netip.AddrPortFrom(prog.Services[len(prog.Services)-1].Addr, 80)
-	return s, nil
+	return func() { ln.Close() }, nil
 }
 
 func vethPair(a netns.NS, aName, aAddr string, b netns.NS, bName, bAddr string) error {

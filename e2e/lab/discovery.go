@@ -75,7 +75,7 @@ func (l *Lab) writeDiscovery(full MeshDoc) error {
 		if err := trustfile.SaveIdentity(filepath.Join(l.Dir, s.Name, gateway.IdentityName), id); err != nil {
 			return err
 		}
-		doc := MeshDoc{GlobalCIDR: full.GlobalCIDR, Discovery: &DiscoveryDoc{
+		doc := MeshDoc{GlobalCIDR: full.GlobalCIDR, LoadBalancer: full.LoadBalancer, Discovery: &DiscoveryDoc{
 			CA: catalog.EncodeKey(ca.Public), GossipKeys: []string{catalog.EncodeKey(key)},
 			DNS: ":" + strconv.Itoa(DNSPort),
 		}}

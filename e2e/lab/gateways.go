@@ -17,6 +17,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/straitnet/strait/discovery/meshpolicy"
 	"github.com/straitnet/strait/e2e/netns"
 	"github.com/straitnet/strait/gateway"
 	"github.com/straitnet/strait/gateway/meshconf"
@@ -26,9 +27,15 @@ import (
 // MeshDoc is the mesh configuration file the lab writes for its gateways,
 // in the format of package meshconf.
 type MeshDoc struct {
-	GlobalCIDR string        `yaml:"globalCIDR" json:"globalCIDR"`
-	Discovery  *DiscoveryDoc `yaml:"discovery,omitempty" json:"discovery,omitempty"`
-	Sites      []MeshSite    `yaml:"sites" json:"sites"`
+	GlobalCIDR   string           `yaml:"globalCIDR" json:"globalCIDR"`
+	Discovery    *DiscoveryDoc    `yaml:"discovery,omitempty" json:"discovery,omitempty"`
+	LoadBalancer *LoadBalancerDoc `yaml:"loadBalancer,omitempty" json:"loadBalancer,omitempty"`
+	Sites        []MeshSite       `yaml:"sites" json:"sites"`
+}
+
+// LoadBalancerDoc is the loadBalancer section of a mesh file.
+type LoadBalancerDoc struct {
+	VIPRange string `yaml:"vipRange" json:"vipRange"`
 }
 
 // MeshSite is one site of a MeshDoc.
@@ -70,6 +77,9 @@ func (l *Lab) WriteMeshRaw(data []byte) error {
 // configuration from the public keys, and starts the gateways.
 func (l *Lab) startGateways(ctx context.Context) error {
 	doc := MeshDoc{GlobalCIDR: l.Topology.GlobalCIDR.String()}
+	if l.VIPRange.IsValid() {
+		doc.LoadBalancer = &LoadBalancerDoc{VIPRange: l.VIPRange.String()}
+	}
 	for _, s := range l.Topology.Sites {
 		dir := filepath.Join(l.Dir, s.Name)
 		if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -434,6 +444,46 @@ type SiteDoc struct {
 		Rules []EgressRule `yaml:"rules,omitempty"`
 	} `yaml:"egress,omitempty"`
 	Pods []PodDoc `yaml:"pods,omitempty"`
+	// GlobalServices and FirewallPolicies are what the site declares for
+	// the whole mesh.
+	GlobalServices   []meshpolicy.GlobalService `yaml:"globalServices,omitempty"`
+	FirewallPolicies []meshpolicy.Policy        `yaml:"firewallPolicies,omitempty"`
+}
+
+// EditSiteFile changes a site's file; its gateway takes the change on its
+// next pass.
+func (l *Lab) EditSiteFile(site string, edit func(*SiteDoc)) error {
+	data, err := os.ReadFile(l.SiteFile(site))
+	if err != nil {
+		return fmt.Errorf("lab: %w", err)
+	}
+	var doc SiteDoc
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return fmt.Errorf("lab: site file of %s: %w", site, err)
+	}
+	edit(&doc)
+	out, err := yaml.Marshal(doc)
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(l.SiteFile(site), out, 0o644)
+}
+
+// StopServer stops the lab server of a pod or host: its services stop
+// answering (health checks fail).
+func (l *Lab) StopServer(host string) error { return l.stop(host, "server") }
+
+// StartServer starts the lab server of a pod or host again.
+func (l *Lab) StartServer(host string) error {
+	h, ok := l.Host(host)
+	if !ok {
+		return fmt.Errorf("lab: no host %q", host)
+	}
+	if err := l.spawn(h, "server", filepath.Join(l.Dir, h.Name+".log"), l.Bins.Strait,
+		"lab", "serve", "--name", h.Name, "--port", strconv.Itoa(ServePort)); err != nil {
+		return err
+	}
+	return l.save()
 }
 
 // ServiceDoc is a service of a SiteDoc.
@@ -472,6 +522,17 @@ func (l *Lab) siteDoc(s Site) SiteDoc {
 		doc.Services = append(doc.Services, ServiceDoc{Namespace: h.PodNamespace, Name: h.Service(), Backend: h.Addr.String(),
 			Ports: []PortDoc{{ServePort, "TCP"}, {ServePort, "UDP"}, {ClosedPort, "UDP"}, {IperfPort, "TCP"}}})
 		doc.Pods = append(doc.Pods, PodDoc{Namespace: h.PodNamespace, Name: h.Service(), IP: h.Addr.String(), Labels: h.Labels})
+	}
+	for _, g := range l.Topology.GlobalServices {
+		for _, p := range g.Pods {
+			if h, ok := l.Host(p); ok && h.Site == s.Name {
+				doc.Services = append(doc.Services, ServiceDoc{Namespace: g.Namespace, Name: g.Name, Backend: h.Addr.String(),
+					Ports: []PortDoc{{ServePort, "TCP"}, {ServePort, "UDP"}}})
+			}
+		}
+		if g.DeclaredBy == s.Name {
+			doc.GlobalServices = append(doc.GlobalServices, meshpolicy.GlobalService{Namespace: g.Namespace, Name: g.Name})
+		}
 	}
 	return doc
 }
@@ -522,5 +583,49 @@ func (l *Lab) readAllocations(ctx context.Context) error {
 			}
 		}
 	}
+	return nil
+}
+
+// GatewayLog is the log file of a site's gateway.
+func (l *Lab) GatewayLog(site string) string { return filepath.Join(l.Dir, site, "gateway.log") }
+
+// waitBalanced waits, where the lab has a VIP range, until every strait
+// gateway balances each global service over all its pods.
+func (l *Lab) waitBalanced(ctx context.Context, timeout time.Duration) error {
+	if !l.VIPRange.IsValid() || len(l.Topology.GlobalServices) == 0 || !l.Discovery {
+		return nil
+	}
+	deadline := time.Now().Add(timeout)
+	for _, h := range l.Hosts {
+		if h.Role != RoleGateway {
+			continue
+		}
+		for _, g := range l.Topology.GlobalServices {
+			for {
+				st, err := gateway.FetchStatus(ctx, l.SocketOf(h.Site))
+				serving := 0
+				if err == nil && st.LoadBalancer != nil {
+					for _, s := range st.LoadBalancer.Services {
+						if s.Name == g.Namespace+"/"+g.Name {
+							for _, b := range s.Backends {
+								if b.Serving {
+									serving++
+								}
+							}
+						}
+					}
+				}
+				if serving == len(g.Pods) {
+					break
+				}
+				if time.Now().After(deadline) {
+					return fmt.Errorf("lab: gateway of %s does not balance %s/%s over its %d pods after %s (%d serving): %v\n%s",
+						h.Site, g.Namespace, g.Name, len(g.Pods), timeout, serving, err, l.tail(l.GatewayLog(h.Site)))
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
+	}
+	l.logf("global services balanced by every gateway")
 	return nil
 }

@@ -50,6 +50,9 @@ type Options struct {
 	// BeforeGateways runs once the network is built, before the
 	// gateways start (to reach services into the namespaces).
 	BeforeGateways func(*Lab) error
+	// VIPRange, when valid, gives the mesh files a loadBalancer section:
+	// the gateways balance global services with VIPs from it.
+	VIPRange netip.Prefix
 }
 
 // Lab is a lab that is up. Its exported fields are saved in lab.json, so
@@ -77,6 +80,8 @@ type Lab struct {
 	// Discovery says the gateways learn each other through gossip.
 	Discovery   bool              `json:"discovery,omitempty"`
 	Kubeconfigs map[string]string `json:"kubeconfigs,omitempty"`
+	// VIPRange is the mesh's VIP range, if the gateways balance.
+	VIPRange netip.Prefix `json:"vipRange,omitzero"`
 
 	beforeGateways func(*Lab) error
 
@@ -125,7 +130,7 @@ func Up(ctx context.Context, t Topology, o Options) (_ *Lab, err error) {
 		}
 	}
 	l := &Lab{Run: o.Run, Dir: filepath.Join(o.Dir, o.Run), Topology: t, Hosts: hosts, DerivedBlocks: derived, log: o.Log,
-		Discovery: o.Discovery, Kubeconfigs: o.Kubeconfigs, beforeGateways: o.BeforeGateways}
+		Discovery: o.Discovery, Kubeconfigs: o.Kubeconfigs, beforeGateways: o.BeforeGateways, VIPRange: o.VIPRange}
 	l.Bins.Gateway, l.Bins.Strait, l.Bins.WireGuard, l.Bins.WireGuardGo = o.GatewayBin, o.StraitBin, o.WireGuard, o.WireGuardGo
 	l.Bins.Interval = o.Interval.String()
 	defer func() {
@@ -160,6 +165,9 @@ func Up(ctx context.Context, t Topology, o Options) (_ *Lab, err error) {
 	}
 	l.logf("tunnels up: every gateway has a WireGuard session with every peer (%s)", time.Since(start).Round(time.Millisecond))
 	if err := l.startServers(ctx); err != nil {
+		return nil, err
+	}
+	if err := l.waitBalanced(ctx, 30*time.Second); err != nil {
 		return nil, err
 	}
 	if err := l.save(); err != nil {

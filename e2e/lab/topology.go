@@ -38,6 +38,20 @@ type Topology struct {
 	Name       string       `yaml:"name"`
 	GlobalCIDR netip.Prefix `yaml:"globalCIDR"`
 	Sites      []Site       `yaml:"sites"`
+	// GlobalServices are services exported by pods of several sites
+	// under one name, and declared global by one site.
+	GlobalServices []GlobalService `yaml:"globalServices"`
+}
+
+// GlobalService is a service that pods of several sites export under one
+// namespace and name, on the lab server's port (TCP and UDP), declared
+// global (one VIP, balanced) in DeclaredBy's site file. The gateways
+// balance it where the lab has a VIP range.
+type GlobalService struct {
+	Namespace  string   `yaml:"namespace" json:"namespace"`
+	Name       string   `yaml:"name" json:"name"`
+	Pods       []string `yaml:"pods" json:"pods"`
+	DeclaredBy string   `yaml:"declaredBy" json:"declaredBy"`
 }
 
 // Site is one site of the lab.
@@ -121,6 +135,7 @@ func Merger() Topology {
 				WAN:    WAN{Latency: Duration(2 * time.Millisecond)}},
 			{Name: "onprem", PodCIDR: pfx("192.168.0.0/16"), Routable: true, Block: pfx("242.2.0.0/16"), Nodes: 1, PodsPerNode: 1, WAN: WAN{Latency: Duration(5 * time.Millisecond)}},
 		},
+		GlobalServices: []GlobalService{{Namespace: "default", Name: "web", Pods: []string{"cloud-a-pod1", "cloud-b-pod1"}, DeclaredBy: "onprem"}},
 	}
 }
 
@@ -322,6 +337,31 @@ func Plan(t Topology, run string) (_ []Host, err error) {
 		}
 	}
 	return hosts, nil
+}
+
+// checkGlobalServices validates the topology's global services against
+// its hosts.
+func checkGlobalServices(t Topology, hosts []Host) error {
+	for _, g := range t.GlobalServices {
+		if g.Namespace == "" || g.Name == "" {
+			return fmt.Errorf("lab: global service %s/%s: namespace and name are required", g.Namespace, g.Name)
+		}
+		if _, ok := t.siteOf(g.DeclaredBy); !ok {
+			return fmt.Errorf("lab: global service %s/%s: declaredBy %q is not a site", g.Namespace, g.Name, g.DeclaredBy)
+		}
+		sites := map[string]string{}
+		for _, p := range g.Pods {
+			i := slices.IndexFunc(hosts, func(h Host) bool { return h.Name == p && h.Role == RolePod })
+			if i < 0 {
+				return fmt.Errorf("lab: global service %s/%s: %q is not a pod of the topology", g.Namespace, g.Name, p)
+			}
+			if other, dup := sites[hosts[i].Site]; dup {
+				return fmt.Errorf("lab: global service %s/%s: %s and %s are both in %s; a site exports a service once", g.Namespace, g.Name, other, p, hosts[i].Site)
+			}
+			sites[hosts[i].Site] = p
+		}
+	}
+	return nil
 }
 
 var siteRE = regexp.MustCompile(`^[a-z0-9][-a-z0-9]{0,14}$`)

@@ -96,7 +96,7 @@ func TestRefuses(t *testing.T) {
 		{"rule names a missing pool", "egress: {rules: [{name: r, namespace: x, pool: nope}]}", `egress.rules[0].pool: pool "nope" does not exist`},
 		{"egress default an ingress pool", "egress: {pool: ingress}", `site.yaml:1:16: egress.pool: pool "ingress" is an ingress pool`},
 		{"pod outside the site", "pods: [{namespace: a, name: b, ip: 192.168.1.1}]", `site.yaml:1:36: pods[0].ip: 192.168.1.1 is not in cloud-b's real CIDRs`},
-		{"unknown field", "service: []", `unknown field (known fields: pools, holdDown, services, egress, pods)`},
+		{"unknown field", "service: []", `unknown field (known fields: pools, holdDown, services, egress, pods, globalServices, firewallPolicies)`},
 		{"bad hold-down", "holdDown: forever", `"forever" is not a duration`},
 	}
 	for _, tt := range tests {
@@ -119,6 +119,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(good))
 	f.Add([]byte("pools: [{name: a, kind: ingress, cidr: 242.1.0.0/24}]\nservices: [{namespace: d, name: w, backend: 10.0.1.1, ports: [{port: 1}]}]"))
 	f.Add([]byte("egress: {rules: [{name: r, podSelector: {a: b}}]}"))
+	f.Add([]byte(meshPolicyDoc))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse("fuzz.yaml", data)
 		if err != nil {
@@ -145,5 +146,66 @@ func FuzzParse(f *testing.F) {
 			}
 			seen[s.Namespace+"/"+s.Name] = true
 		}
+		// Whatever is declared for the mesh validates: the catalog
+		// would refuse it otherwise.
+		for _, g := range c.GlobalServices {
+			if errs := g.Validate(); len(errs) > 0 {
+				t.Fatalf("global service accepted with %v", errs)
+			}
+		}
+		for _, p := range c.Policies {
+			if errs := p.Validate(); len(errs) > 0 {
+				t.Fatalf("policy accepted with %v", errs)
+			}
+		}
 	})
+}
+
+const meshPolicyDoc = `
+globalServices:
+- namespace: default
+  name: web
+  vip: 242.255.0.10
+  weights: {cloud-a: 200, cloud-b: 0}
+  locality: region
+  healthCheck: {protocol: HTTP, path: /healthz, interval: 400ms, timeout: 100ms, unhealthyAfter: 3}
+firewallPolicies:
+- name: protect-db
+  priority: 10
+  dryRun: true
+  rules:
+  - name: no-cloud-b
+    action: deny
+    from: [{cluster: cloud-b, namespace: batch, labels: {app: etl}}]
+    to: [{namespace: default, service: db, cluster: onprem, ports: [{protocol: TCP, port: 5432}]}]
+  - action: allow
+`
+
+func TestParseMeshPolicy(t *testing.T) {
+	c, err := Parse("site.yaml", []byte(meshPolicyDoc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.GlobalServices) != 1 || len(c.Policies) != 1 {
+		t.Fatalf("declared %+v %+v", c.GlobalServices, c.Policies)
+	}
+	g, p := c.GlobalServices[0], c.Policies[0]
+	if g.VIP.String() != "242.255.0.10" || g.Weights["cloud-b"] != 0 || g.Locality != "region" || g.HealthCheck.Path != "/healthz" ||
+		time.Duration(g.HealthCheck.Interval) != 400*time.Millisecond || g.HealthCheck.UnhealthyAfter != 3 {
+		t.Errorf("global service %+v", g)
+	}
+	if !p.DryRun || len(p.Rules) != 2 || p.Rules[0].From[0].Labels["app"] != "etl" || p.Rules[0].To[0].Ports[0].Port != 5432 || p.RuleName(1) != "protect-db/#1" {
+		t.Errorf("policy %+v", p)
+	}
+	for _, tt := range []struct{ doc, want string }{
+		{"globalServices: [{namespace: default, name: web, vip: nope}]", "globalServices[0]"},
+		{"globalServices: [{namespace: default, name: web, bogus: 1}]", "field bogus not found"},
+		{"globalServices: [{namespace: default, name: web}, {namespace: default, name: web}]", "declared twice"},
+		{"firewallPolicies: [{name: p, rules: [{action: maybe}]}]", `firewallPolicies[0].rules[0].action: "maybe" is not allow or deny`},
+		{"firewallPolicies: [{name: p, rules: []}]", "at least one rule"},
+	} {
+		if _, err := Parse("site.yaml", []byte(tt.doc)); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: error %v, want %q", tt.doc, err, tt.want)
+		}
+	}
 }

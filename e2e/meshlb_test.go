@@ -1,0 +1,285 @@
+package e2e_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/straitnet/strait/discovery/meshpolicy"
+	"github.com/straitnet/strait/e2e/lab"
+	"github.com/straitnet/strait/e2e/netns/nstest"
+	"github.com/straitnet/strait/gateway"
+)
+
+// lbService is a global service in a gateway's status.
+func lbService(st gateway.Status, name string) (gateway.LBService, bool) {
+	if st.LoadBalancer == nil {
+		return gateway.LBService{}, false
+	}
+	for _, s := range st.LoadBalancer.Services {
+		if s.Name == name {
+			return s, true
+		}
+	}
+	return gateway.LBService{}, false
+}
+
+// serving lists the clusters whose instances take new connections.
+func serving(s gateway.LBService) []string {
+	var out []string
+	for _, b := range s.Backends {
+		if b.Serving && b.Share > 0 {
+			out = append(out, b.Cluster)
+		}
+	}
+	return out
+}
+
+// udpFlow is one UDP socket in a pod talking to a VIP: conntrack keeps
+// its datagrams on one backend.
+type udpFlow struct {
+	c net.Conn
+}
+
+func openFlow(t *testing.T, from lab.Host, dst netip.AddrPort) *udpFlow {
+	t.Helper()
+	var c net.Conn
+	if err := from.Namespace().Do(func() (err error) { c, err = net.Dial("udp4", dst.String()); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &udpFlow{c}
+}
+
+// ask sends a datagram and returns the name of the server that answered.
+func (f *udpFlow) ask() (string, error) {
+	f.c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := f.c.Write([]byte("hello\n")); err != nil {
+		return "", err
+	}
+	buf := make([]byte, 512)
+	n, err := f.c.Read(buf)
+	if err != nil {
+		return "", err
+	}
+	for _, fld := range strings.Fields(string(buf[:n])) {
+		if v, ok := strings.CutPrefix(fld, "name="); ok {
+			return v, nil
+		}
+	}
+	return "", fmt.Errorf("not a lab reply: %q", buf[:n])
+}
+
+// TestGlobalServiceAndFirewall runs the merger lab with a load balancer:
+// a service exported by cloud-a and cloud-b behind one VIP, reached from
+// onprem; cloud-a's backend stops and traffic moves to cloud-b within
+// the health checks' time, established flows to cloud-b staying; and a
+// deny policy written in cloud-a's site file keeps cloud-b from onprem's
+// database while everything else still flows.
+func TestGlobalServiceAndFirewall(t *testing.T) {
+	t.Parallel()
+	vips := netip.MustParsePrefix("242.255.0.0/24")
+	l := newLabWith(t, lab.Merger(), lab.Options{Discovery: true, VIPRange: vips})
+	// The merger topology has cloud-a-pod1 and cloud-b-pod1 export
+	// default/web, and onprem declare it global; onprem exports its
+	// database too.
+	db := l.MustHost("onprem-pod1")
+	if err := l.EditSiteFile("onprem", func(d *lab.SiteDoc) {
+		d.Services = append(d.Services, lab.ServiceDoc{Namespace: "default", Name: "db", Backend: db.Addr.String(),
+			Ports: []lab.PortDoc{{Port: lab.ServePort, Protocol: "TCP"}}})
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	// onprem's gateway balances web over both clouds.
+	var web gateway.LBService
+	nstest.Eventually(t, 30*time.Second, "onprem balancing default/web over cloud-a and cloud-b", func() error {
+		s, ok := lbService(status(t, l, "onprem"), "default/web")
+		if !ok || len(serving(s)) != 2 {
+			return fmt.Errorf("status: %+v", status(t, l, "onprem").LoadBalancer)
+		}
+		web = s
+		return nil
+	})
+	if !vips.Contains(web.VIP) {
+		t.Fatalf("VIP %s is outside the VIP range %s", web.VIP, vips)
+	}
+	client := l.MustHost("onprem-pod1")
+	vip := netip.AddrPortFrom(web.VIP, lab.ServePort)
+	r, err := query(l, client, "onprem", "web.default.svc.clusterset.local", dns.TypeA)
+	if err != nil || len(addrs(r)) != 1 || addrs(r)[0] != web.VIP.String() {
+		t.Fatalf("web.default.svc.clusterset.local: %v %v, want the VIP %s", r, err, web.VIP)
+	}
+	seen := map[string]int{}
+	for range 30 {
+		rep, err := lab.Request(context.Background(), client, vip, "tcp", 2*time.Second)
+		if err != nil {
+			t.Fatalf("connecting to the VIP: %v", err)
+		}
+		seen[rep.Name]++
+	}
+	t.Logf("30 connections from onprem to %s: %v", vip, seen)
+	if seen["cloud-a-pod1"] == 0 || seen["cloud-b-pod1"] == 0 {
+		t.Fatalf("want connections at both clouds: %v", seen)
+	}
+
+	// Flows held over UDP, one on each cloud.
+	var onA, onB *udpFlow
+	for i := 0; i < 40 && (onA == nil || onB == nil); i++ {
+		f := openFlow(t, client, vip)
+		name, err := f.ask()
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case name == "cloud-a-pod1" && onA == nil:
+			onA = f
+		case name == "cloud-b-pod1" && onB == nil:
+			onB = f
+		}
+	}
+	if onA == nil || onB == nil {
+		t.Fatal("no UDP flow landed on one of the clouds in 40 tries")
+	}
+
+	// cloud-a's backend stops: new connections go to cloud-b once the
+	// health checks see it; the flow on cloud-b keeps its backend, the one
+	// on cloud-a moves.
+	stopped := time.Now()
+	if err := l.StopServer("cloud-a-pod1"); err != nil {
+		t.Fatal(err)
+	}
+	var moved time.Duration
+	nstest.Eventually(t, 10*time.Second, "onprem's traffic to web moving to cloud-b", func() error {
+		s, _ := lbService(status(t, l, "onprem"), "default/web")
+		if got := serving(s); len(got) != 1 || got[0] != "cloud-b" {
+			return fmt.Errorf("serving: %v", got)
+		}
+		moved = time.Since(stopped)
+		return nil
+	})
+	t.Logf("cloud-a's backend out of onprem's tables %s after it stopped (health checks every 500ms, out after 2 failures)", moved.Round(10*time.Millisecond))
+	if moved > 4*time.Second {
+		t.Errorf("failover took %s; the health checks and gossip should take about 2s", moved)
+	}
+	for range 20 {
+		rep, err := lab.Request(context.Background(), client, vip, "tcp", 2*time.Second)
+		if err != nil || rep.Name != "cloud-b-pod1" {
+			t.Fatalf("after cloud-a failed: %+v %v, want cloud-b-pod1", rep, err)
+		}
+	}
+	if name, err := onB.ask(); err != nil || name != "cloud-b-pod1" {
+		t.Fatalf("the flow held on cloud-b: %q %v", name, err)
+	}
+	if name, err := onA.ask(); err != nil || name != "cloud-b-pod1" {
+		t.Fatalf("the flow held on cloud-a, after cloud-a failed: %q %v, want it moved to cloud-b", name, err)
+	}
+	// Back: cloud-a serves again, cloud-b's flow stays where it is.
+	if err := l.StartServer("cloud-a-pod1"); err != nil {
+		t.Fatal(err)
+	}
+	nstest.Eventually(t, 10*time.Second, "cloud-a serving again", func() error {
+		s, _ := lbService(status(t, l, "onprem"), "default/web")
+		if len(serving(s)) != 2 {
+			return fmt.Errorf("serving: %v", serving(s))
+		}
+		return nil
+	})
+	if name, err := onB.ask(); err != nil || name != "cloud-b-pod1" {
+		t.Fatalf("the flow held on cloud-b after cloud-a came back: %q %v", name, err)
+	}
+
+	// Nothing serves: the VIP refuses at once rather than black-holing.
+	for _, site := range []string{"cloud-a", "cloud-b"} {
+		if err := l.StopServer(site + "-pod1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nstest.Eventually(t, 10*time.Second, "the VIP refusing with no backend serving", func() error {
+		_, err := lab.Request(context.Background(), client, vip, "tcp", time.Second)
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("connecting: %v, want connection refused", err)
+		}
+		return nil
+	})
+	for _, site := range []string{"cloud-a", "cloud-b"} {
+		if err := l.StartServer(site + "-pod1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// The firewall: a policy written in cloud-a's site file, enforced by
+	// onprem's gateway, keeps cloud-b from the database.
+	fromB, fromA := l.MustHost("cloud-b-pod1"), l.MustHost("cloud-a-pod1")
+	dbAt := func(src lab.Host) netip.AddrPort {
+		return netip.AddrPortFrom(l.Topology.Target(src, db), lab.ServePort)
+	}
+	if _, err := lab.Request(context.Background(), fromB, dbAt(fromB), "tcp", 2*time.Second); err != nil {
+		t.Fatalf("cloud-b to the database before any policy: %v", err)
+	}
+	policy := meshpolicy.Policy{Name: "protect-db", Priority: 10, Rules: []meshpolicy.Rule{{
+		Name: "no-cloud-b", Action: meshpolicy.Deny,
+		From: []meshpolicy.Source{{Cluster: "cloud-b"}},
+		To:   []meshpolicy.Destination{{Namespace: "default", Service: "db"}},
+	}}}
+	if err := l.EditSiteFile("cloud-a", func(d *lab.SiteDoc) { d.FirewallPolicies = []meshpolicy.Policy{policy} }); err != nil {
+		t.Fatal(err)
+	}
+	nstest.Eventually(t, 15*time.Second, "cloud-b refused at the database", func() error {
+		_, err := lab.Request(context.Background(), fromB, dbAt(fromB), "tcp", time.Second)
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("cloud-b to the database: %v, want connection refused", err)
+		}
+		return nil
+	})
+	// Everything else still flows.
+	if rep, err := lab.Request(context.Background(), fromA, dbAt(fromA), "tcp", 2*time.Second); err != nil || rep.Name != db.Name {
+		t.Fatalf("cloud-a to the database: %+v %v", rep, err)
+	}
+	waitReachable(t, l, "cloud-b-pod1", "cloud-a-pod1")
+	if _, err := lab.Request(context.Background(), client, vip, "tcp", 2*time.Second); err != nil {
+		t.Fatalf("onprem to the VIP with the policy in place: %v", err)
+	}
+	var before uint64
+	nstest.Eventually(t, 5*time.Second, "onprem's firewall counting the denied connections", func() error {
+		st := status(t, l, "onprem")
+		if st.Firewall == nil || len(st.Firewall.Rules) != 1 || st.Firewall.Rules[0].Name != "protect-db/no-cloud-b" || st.Firewall.Rules[0].Matched == 0 {
+			return fmt.Errorf("status: %+v", st.Firewall)
+		}
+		before = st.Firewall.Rules[0].Matched
+		return nil
+	})
+	// The deny was logged, sampled, with its rule.
+	nstest.Eventually(t, 5*time.Second, "the deny in onprem's gateway log", func() error {
+		data, _ := os.ReadFile(l.GatewayLog("onprem"))
+		if !strings.Contains(string(data), "connection denied") || !strings.Contains(string(data), "protect-db/no-cloud-b") {
+			return errors.New("not logged")
+		}
+		return nil
+	})
+	// Dry run: the rule counts, the database answers.
+	policy.DryRun = true
+	if err := l.EditSiteFile("cloud-a", func(d *lab.SiteDoc) { d.FirewallPolicies = []meshpolicy.Policy{policy} }); err != nil {
+		t.Fatal(err)
+	}
+	nstest.Eventually(t, 15*time.Second, "cloud-b reaching the database under a dry-run policy", func() error {
+		_, err := lab.Request(context.Background(), fromB, dbAt(fromB), "tcp", time.Second)
+		return err
+	})
+	nstest.Eventually(t, 5*time.Second, "the dry-run rule counting", func() error {
+		st := status(t, l, "onprem")
+		if st.Firewall == nil || len(st.Firewall.Rules) != 1 || !st.Firewall.Rules[0].DryRun || st.Firewall.Rules[0].Matched <= before {
+			return fmt.Errorf("status: %+v (counted %d before)", st.Firewall, before)
+		}
+		return nil
+	})
+}

@@ -1,0 +1,507 @@
+package gateway
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/straitnet/strait/discovery/catalog"
+	"github.com/straitnet/strait/discovery/kubepolicy"
+	"github.com/straitnet/strait/discovery/meshpolicy"
+	"github.com/straitnet/strait/gateway/health"
+	"github.com/straitnet/strait/gateway/lb"
+	"github.com/straitnet/strait/gateway/lbtable"
+	"github.com/straitnet/strait/gateway/siteconf"
+	"github.com/straitnet/strait/natpool"
+)
+
+// VIPsName is the file in the state directory that keeps the VIPs this
+// gateway allocated to the global services its site declares.
+const VIPsName = "vips.json"
+
+// lbTable is what the gateway needs of the load balancer's table.
+type lbTable interface {
+	Sync(lbtable.Program) (lbtable.SyncStats, error)
+	Verify() (bool, error)
+	Flush([]lb.VIPBackend) (int, error)
+	Counters() (map[string]lbtable.Counter, error)
+	Remove() error
+	Close() error
+}
+
+var _ lbTable = (*lbtable.Table)(nil)
+
+// balancer is the gateway's load balancer: the VIPs its site allocates,
+// the health checks of its own instances, and the table. The reconcile
+// loop owns it; status reads its last results under Gateway.mu.
+type balancer struct {
+	tab     lbTable
+	checker *health.Checker
+	store   natpool.Store
+	ids     lbtable.IDs
+	// vips is the allocator of the site's VIPs, over the VIP range it
+	// was made for.
+	vips      *natpool.Allocator
+	vipsRange netip.Prefix
+	// plan is the last plan programmed; removed whether the table was.
+	plan     []lb.Service
+	problems []string
+	applied  bool
+	// lastInput is what plan was made from, as text.
+	lastInput string
+}
+
+// LBStatus is the load balancer as the gateway serves it.
+type LBStatus struct {
+	VIPRange  string            `json:"vipRange,omitempty"`
+	Services  []LBService       `json:"services"`
+	Health    map[string]Health `json:"health,omitempty"`
+	Balanced  uint64            `json:"balanced"`
+	Refused   uint64            `json:"refused"`
+	Flushed   int               `json:"flushedConnections"`
+	Problems  []string          `json:"problems,omitempty"`
+	UpdatedAt time.Time         `json:"updatedAt,omitzero"`
+}
+
+// LBService is a global service and its backends' shares.
+type LBService struct {
+	Name     string      `json:"name"`
+	VIP      netip.Addr  `json:"vip"`
+	Ports    []string    `json:"ports"`
+	Backends []LBBackend `json:"backends"`
+}
+
+// LBBackend is one cluster's instance behind a VIP.
+type LBBackend struct {
+	Cluster string     `json:"cluster"`
+	Addr    netip.Addr `json:"addr"`
+	Tier    int        `json:"tier"`
+	Share   float64    `json:"share"`
+	Serving bool       `json:"serving"`
+	Ready   int        `json:"ready"`
+	Healthy bool       `json:"healthy"`
+}
+
+// Health is a health check of one of this site's instances.
+type Health struct {
+	Target  string    `json:"target"`
+	Checked bool      `json:"checked"`
+	Healthy bool      `json:"healthy"`
+	Reason  string    `json:"reason,omitempty"`
+	Since   time.Time `json:"since,omitzero"`
+}
+
+func newBalancer(stateDir, site string, now func() time.Time, tab lbTable, log *slog.Logger, kick func()) (*balancer, error) {
+	b := &balancer{tab: tab, store: &natpool.FileStore{Path: filepath.Join(stateDir, VIPsName), Site: site, Now: now}}
+	// A damaged file stops the start: VIPs in use must not move.
+	if _, err := b.store.Load(); err != nil {
+		return nil, err
+	}
+	b.checker = health.New(health.Options{Logger: log, Now: now, OnChange: kick})
+	return b, nil
+}
+
+func (b *balancer) close() {
+	b.checker.Close()
+	if b.tab != nil {
+		b.tab.Close()
+	}
+}
+
+// declare fills in the VIPs of the global services this site declares:
+// theirs when written, else the one allocated to them, avoiding every VIP
+// the catalog shows other clusters holding. Allocations are saved before
+// they are published.
+func (b *balancer) declare(want desired, snap catalog.Snapshot, now func() time.Time) ([]meshpolicy.GlobalService, []string, error) {
+	out := slices.Clone(want.globalServices)
+	var problems []string
+	if want.lb == nil {
+		var kept []meshpolicy.GlobalService
+		for _, g := range out {
+			if !g.VIP.IsValid() {
+				problems = append(problems, fmt.Sprintf("global service %s has no vip, and without loadBalancer.vipRange in the mesh file none is allocated", g.Key()))
+				continue
+			}
+			kept = append(kept, g)
+		}
+		return kept, problems, nil
+	}
+	rng := want.lb.VIPRange
+	if b.vips == nil || b.vipsRange != rng {
+		st, err := b.store.Load()
+		if err != nil {
+			return nil, nil, err
+		}
+		a, err := natpool.NewAllocator(rng, []natpool.Pool{{Name: "vip", Kind: natpool.VIP, CIDR: rng}}, st, natpool.DefaultHoldDown, now)
+		if err != nil {
+			return nil, nil, fmt.Errorf("VIPs in %s: %w", b.store.Where(), err)
+		}
+		b.vips, b.vipsRange = a, rng
+	}
+	var avoid []netip.Addr
+	for _, d := range snap.GlobalServices {
+		if d.Owner != snap.Self && d.VIP.IsValid() {
+			avoid = append(avoid, d.VIP)
+		}
+	}
+	var reqs []natpool.Request
+	for _, g := range out {
+		if g.VIP.IsValid() {
+			avoid = append(avoid, g.VIP)
+			if !rng.Contains(g.VIP) {
+				problems = append(problems, fmt.Sprintf("global service %s: vip %s is outside the VIP range %s", g.Key(), g.VIP, rng))
+			}
+			continue
+		}
+		reqs = append(reqs, natpool.Request{Key: "vip/" + g.Key(), Pool: "vip", Kind: natpool.VIP})
+	}
+	next, err := natpool.NewAllocator(rng, []natpool.Pool{{Name: "vip", Kind: natpool.VIP, CIDR: rng}}, b.vips.State(), natpool.DefaultHoldDown, now)
+	if err != nil {
+		return nil, nil, err
+	}
+	next.Avoid(avoid)
+	changed, errs := next.Sync(reqs)
+	for _, e := range errs {
+		problems = append(problems, "allocating VIPs: "+e.Error())
+	}
+	if changed {
+		if err := b.store.Save(next.State()); err != nil {
+			return nil, nil, fmt.Errorf("saving VIPs to %s: %w", b.store.Where(), err)
+		}
+	}
+	b.vips = next
+	for i := range out {
+		if !out[i].VIP.IsValid() {
+			if ip, ok := next.Lookup("vip/" + out[i].Key()); ok {
+				out[i].VIP, out[i].Allocated = ip, true
+			}
+		}
+	}
+	return out, problems, nil
+}
+
+// local is how this gateway reaches its own instance of a service.
+type local struct {
+	backend netip.Addr
+	ports   map[lb.PortKey]uint16
+}
+
+func localServices(services []siteconf.Service) map[string]local {
+	out := map[string]local{}
+	for _, s := range services {
+		l := local{backend: s.Backend, ports: map[lb.PortKey]uint16{}}
+		for _, p := range s.Ports {
+			l.ports[lb.PortKey{Proto: p.Protocol, Port: p.Port}] = p.TargetPort
+		}
+		out[s.Namespace+"/"+s.Name] = l
+	}
+	return out
+}
+
+// checks are the health checks of this site's instances of the mesh's
+// global services.
+func checks(set meshpolicy.Set, locals map[string]local) []health.Target {
+	var out []health.Target
+	for _, g := range set.Services {
+		l, ok := locals[g.Key()]
+		if !ok {
+			continue
+		}
+		hc := g.HealthCheck.WithDefaults()
+		port, ok := l.ports[lb.PortKey{Proto: 6, Port: hc.Port}]
+		if hc.Port == 0 {
+			// The first TCP port.
+			for _, k := range slices.SortedFunc(mapKeys(l.ports), func(a, b lb.PortKey) int { return int(a.Port) - int(b.Port) }) {
+				if k.Proto == 6 {
+					port, ok = l.ports[k], true
+					break
+				}
+			}
+		}
+		if !ok {
+			continue
+		}
+		out = append(out, health.Target{Key: g.Key(), Addr: netip.AddrPortFrom(l.backend, port), Check: hc})
+	}
+	return out
+}
+
+func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
+	return func(yield func(K) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+// instances are the instances of every global service: this site's own,
+// reached at its backend with its health checked here, and those of the
+// other live clusters, reached at their ingress addresses.
+func instances(snap catalog.Snapshot, set meshpolicy.Set, locals map[string]local, results map[string]health.Result, selfReady map[string]int) map[string][]lb.Instance {
+	want := map[string]bool{}
+	for _, g := range set.Services {
+		want[g.Key()] = true
+	}
+	out := map[string][]lb.Instance{}
+	for _, cs := range snap.Services {
+		key := cs.Namespace + "/" + cs.Name
+		if !want[key] || cs.Headless || !snap.Alive[cs.Cluster] {
+			continue
+		}
+		inst := lb.Instance{Cluster: cs.Cluster, Region: snap.Clusters[cs.Cluster].Region, Addr: cs.Addr,
+			Ports: map[lb.PortKey]uint16{}, Ready: cs.Ready, Total: cs.Total, Healthy: cs.Health == nil || cs.Health.Healthy}
+		for _, p := range cs.Ports {
+			if pr := protoNumber(p.Protocol); pr != 0 {
+				inst.Ports[lb.PortKey{Proto: pr, Port: p.Port}] = p.Port
+			}
+		}
+		if cs.Cluster == snap.Self {
+			l, ok := locals[key]
+			if !ok {
+				continue
+			}
+			inst.Addr, inst.Ports = l.backend, l.ports
+			if r, ok := results[key]; ok && r.Checked {
+				inst.Healthy = r.Healthy
+			}
+			if n, ok := selfReady[key]; ok {
+				inst.Ready = n
+			}
+		}
+		out[key] = append(out[key], inst)
+	}
+	return out
+}
+
+func protoNumber(p string) uint8 {
+	switch p {
+	case "TCP", "":
+		return 6
+	case "UDP":
+		return 17
+	}
+	return 0
+}
+
+// syncLB plans and programs the load balancer; it returns the status to
+// report. Without a loadBalancer section the table is removed.
+func (g *Gateway) syncLB(want desired, snap catalog.Snapshot, set meshpolicy.Set) (*LBStatus, error) {
+	b := g.lb
+	if b == nil {
+		return nil, nil
+	}
+	locals := localServices(want.services)
+	b.checker.Set(checks(set, locals))
+	if want.lb == nil {
+		if b.applied {
+			if err := b.tab.Remove(); err != nil {
+				return nil, err
+			}
+			b.applied, b.plan, b.lastInput = false, nil, ""
+		}
+		if len(set.Services) > 0 {
+			return &LBStatus{Problems: []string{"global services are declared, but the mesh file has no loadBalancer section: this gateway does not serve them"}}, nil
+		}
+		return nil, nil
+	}
+	results := b.checker.Results()
+	ready := map[string]int{}
+	for _, e := range want.exports {
+		ready[e.Namespace+"/"+e.Name] = e.Ready
+	}
+	in := lb.Input{Self: snap.Self, Region: snap.Clusters[snap.Self].Region, TableSize: want.lb.TableSize,
+		VIPRange: want.lb.VIPRange, Services: set.Services, Instances: instances(snap, set, locals, results, ready)}
+	// Planning a 65,537-entry table per VIP port is not free: only when
+	// what it derives from changed, or the kernel lost it.
+	key := fmt.Sprint(in)
+	drifted := false
+	if b.applied {
+		ok, err := b.tab.Verify()
+		if err != nil {
+			return nil, err
+		}
+		if drifted = !ok; drifted {
+			g.log.Warn("load balancer table drifted from what was programmed; rewriting it", "table", lbtable.TableName)
+		}
+	}
+	flushed := 0
+	if !b.applied || drifted || key != b.lastInput {
+		plan, problems, err := lb.Plan(in)
+		if err != nil {
+			return nil, err
+		}
+		prog, err := lbtable.Compile(g.opts.Interface, want.lb.VIPRange, want.lb.TableSize, plan, &b.ids)
+		if err != nil {
+			return nil, err
+		}
+		st, err := b.tab.Sync(prog)
+		if err != nil {
+			return nil, err
+		}
+		if gone := lb.Gone(b.plan, plan); len(gone) > 0 {
+			if flushed, err = b.tab.Flush(gone); err != nil {
+				return nil, err
+			}
+			g.log.Info("backends stopped serving; their connections flushed", "backends", fmt.Sprint(gone), "connections", flushed)
+		}
+		if st.Full || st.Added+st.Removed > 0 {
+			g.log.Info("load balancer programmed", "table", lbtable.TableName, "whole", st.Full, "added", st.Added, "removed", st.Removed, "services", len(plan))
+		}
+		b.plan, b.problems, b.applied, b.lastInput = plan, problems, true, key
+	}
+	plan, problems := b.plan, b.problems
+	status := &LBStatus{VIPRange: want.lb.VIPRange.String(), Problems: problems, Flushed: flushed, UpdatedAt: g.opts.Now(), Health: map[string]Health{}}
+	for _, s := range plan {
+		ls := LBService{Name: s.Key, VIP: s.VIP}
+		for _, grp := range s.Groups {
+			for _, p := range grp.Ports {
+				ls.Ports = append(ls.Ports, p.String())
+			}
+			if len(ls.Backends) > 0 {
+				continue // the first group's backends stand for all
+			}
+			for _, be := range grp.Backends {
+				ls.Backends = append(ls.Backends, LBBackend{Cluster: be.Cluster, Addr: be.Addr, Tier: be.Tier,
+					Share: round3(be.Share), Serving: be.Serving, Ready: be.Ready, Healthy: be.Healthy})
+			}
+		}
+		status.Services = append(status.Services, ls)
+	}
+	for _, t := range checks(set, locals) {
+		r := results[t.Key]
+		status.Health[t.Key] = Health{Target: t.Addr.String(), Checked: r.Checked, Healthy: r.Healthy, Reason: r.Reason, Since: r.Since}
+	}
+	if cs, err := b.tab.Counters(); err == nil {
+		status.Balanced, status.Refused = cs["balanced"].Packets, cs["refused"].Packets
+	}
+	return status, nil
+}
+
+func round3(f float64) float64 { return float64(int(f*1000+0.5)) / 1000 }
+
+// withHealth gives the exports that back a global service their health
+// check's verdict, as published.
+func withHealth(svcs []catalog.Service, results map[string]health.Result) []catalog.Service {
+	out := slices.Clone(svcs)
+	for i := range out {
+		r, ok := results[out[i].Namespace+"/"+out[i].Name]
+		if !ok || !r.Checked {
+			continue
+		}
+		out[i].Health = &catalog.Health{Healthy: r.Healthy, Reason: r.Reason}
+	}
+	return out
+}
+
+// snapshot is the catalog as the load balancer and firewall see it;
+// without discovery, this site alone with its own declarations.
+func (g *Gateway) snapshot(mp meshDeclared) catalog.Snapshot {
+	if g.disc != nil {
+		return g.disc.cat.Snapshot()
+	}
+	snap := catalog.Snapshot{Self: g.opts.Site, Clusters: map[string]catalog.Cluster{}, Alive: map[string]bool{g.opts.Site: true}}
+	for _, d := range mp.globalServices {
+		snap.GlobalServices = append(snap.GlobalServices, meshpolicy.DeclaredService{Owner: g.opts.Site, GlobalService: d})
+	}
+	for _, p := range mp.policies {
+		snap.Policies = append(snap.Policies, meshpolicy.DeclaredPolicy{Owner: g.opts.Site, Policy: p})
+	}
+	return snap
+}
+
+// declare is what this site declares for the mesh this pass, VIPs
+// allocated, with its instances' health.
+func (g *Gateway) declare(want desired) (meshDeclared, error) {
+	mp := meshDeclared{policies: want.policies}
+	if g.lb == nil {
+		mp.globalServices = want.globalServices
+		return mp, nil
+	}
+	mp.health = g.lb.checker.Results()
+	var snap catalog.Snapshot
+	if g.disc != nil {
+		snap = g.disc.cat.Snapshot()
+	}
+	gs, problems, err := g.lb.declare(want, snap, g.opts.Now)
+	if err != nil {
+		return meshDeclared{}, err
+	}
+	mp.globalServices = gs
+	g.mu.Lock()
+	g.meshProblems = problems
+	g.mu.Unlock()
+	g.lastDeclared = mp
+	return mp, nil
+}
+
+// syncMesh programs the load balancer and the firewall from the catalog:
+// the mesh's merged declarations, its clusters, their instances. Until the
+// catalog has settled after a start, the kernel keeps what it holds.
+func (g *Gateway) syncMesh(want desired) (lbErr, fwErr error) {
+	if g.disc != nil && g.disc.dns != nil {
+		var vips netip.Prefix
+		if want.lb != nil && g.lb != nil {
+			vips = want.lb.VIPRange
+		}
+		g.disc.dns.SetVIPRange(vips)
+	}
+	if g.disc != nil && !g.disc.settled() {
+		g.mu.Lock()
+		g.lbStatus = &LBStatus{Problems: []string{"waiting for the catalog to settle before programming the load balancer and firewall"}}
+		g.mu.Unlock()
+		return nil, nil
+	}
+	snap := g.snapshot(g.lastDeclared)
+	set := meshpolicy.Merge(snap.GlobalServices, snap.Policies)
+	if g.disc != nil && g.disc.policy != nil {
+		g.disc.setPolicyStatus(objectStatus(g.lastDeclared, set, snap.Self))
+	}
+	lbSt, lbErr := g.syncLB(want, snap, set)
+	fwSt, fwErr := g.syncFirewall(want, snap, set)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if lbErr == nil {
+		g.lbStatus = lbSt
+		if g.lbStatus != nil {
+			g.lbStatus.Problems = append(slices.Concat(g.meshProblems, set.Problems), g.lbStatus.Problems...)
+		}
+	}
+	if fwErr == nil {
+		g.fwStatus = fwSt
+	}
+	if lbErr != nil {
+		lbErr = fmt.Errorf("load balancer: %w", lbErr)
+	}
+	if fwErr != nil {
+		fwErr = fmt.Errorf("firewall: %w", fwErr)
+	}
+	return lbErr, fwErr
+}
+
+// objectStatus is what the status of this cluster's strait.io objects
+// says: each global service's VIP, and the declarations another cluster's
+// different declaration overrides.
+func objectStatus(mp meshDeclared, set meshpolicy.Set, self string) (map[string]netip.Addr, map[string]string) {
+	vips, conflicts := map[string]netip.Addr{}, map[string]string{}
+	for _, g := range mp.globalServices {
+		if g.VIP.IsValid() {
+			vips[g.Key()] = g.VIP
+		}
+		if w, ok := set.Service(g.Namespace, g.Name); ok && w.Owner != self && !w.Equal(g) {
+			conflicts[kubepolicy.ConflictKey(kubepolicy.KindGlobalService, g.Key())] = fmt.Sprintf("%s declares %s differently, and its declaration applies (the first cluster name)", w.Owner, g.Key())
+		}
+	}
+	for _, p := range mp.policies {
+		for _, w := range set.Policies {
+			if w.Name == p.Name && w.Owner != self && !w.Equal(p) {
+				conflicts[kubepolicy.ConflictKey(kubepolicy.KindFirewallPolicy, p.Name)] = fmt.Sprintf("%s declares policy %s differently, and its declaration applies (the first cluster name)", w.Owner, p.Name)
+			}
+		}
+	}
+	return vips, conflicts
+}
