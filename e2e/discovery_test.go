@@ -2,10 +2,12 @@ package e2e_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,11 +18,14 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 	mcsv1a1 "sigs.k8s.io/mcs-api/pkg/apis/v1alpha1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
+	"github.com/straitnet/strait/discovery/kubepolicy"
 	"github.com/straitnet/strait/discovery/kubesource"
 	"github.com/straitnet/strait/e2e/kube"
 	"github.com/straitnet/strait/e2e/lab"
@@ -28,6 +33,18 @@ import (
 	"github.com/straitnet/strait/e2e/netns/nstest"
 	"github.com/straitnet/strait/natpool"
 )
+
+// conditionTrue says whether an object's status has a condition of the
+// type with status True.
+func conditionTrue(o *unstructured.Unstructured, typ string) bool {
+	conds, _, _ := unstructured.NestedSlice(o.Object, "status", "conditions")
+	for _, c := range conds {
+		if m, ok := c.(map[string]any); ok && m["type"] == typ && m["status"] == "True" {
+			return true
+		}
+	}
+	return false
+}
 
 // query asks the DNS server of site's gateway from host, inside host's
 // namespace, as a pod's resolver would.
@@ -159,7 +176,8 @@ func TestServiceExportBecomesImport(t *testing.T) {
 			f.Close()
 		}
 	})
-	l := newLabWith(t, lab.Pair(), lab.Options{Discovery: true, Kubeconfigs: kc, BeforeGateways: func(l *lab.Lab) error {
+	vips := netip.MustParsePrefix("242.255.0.0/24")
+	l := newLabWith(t, lab.Pair(), lab.Options{Discovery: true, Kubeconfigs: kc, VIPRange: vips, BeforeGateways: func(l *lab.Lab) error {
 		// Each gateway reaches its cluster's API at the address of
 		// its kubeconfig, inside its own namespace.
 		for i, s := range sites {
@@ -261,6 +279,87 @@ func TestServiceExportBecomesImport(t *testing.T) {
 		t.Errorf("cloud-a's allocations %v lack ingress/shop/web at %s", st.Allocations, ip)
 	}
 
+	// cloud-b declares shop/web global and writes a policy for it, as
+	// strait.io objects: written once, in any cluster, for the mesh.
+	gsvc := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "strait.io/v1alpha1", "kind": "GlobalService",
+		"metadata": map[string]any{"namespace": "shop", "name": "web"},
+		"spec":     map[string]any{"weights": map[string]any{"cloud-a": int64(200)}, "healthCheck": map[string]any{"protocol": "TCP", "interval": "1s"}},
+	}}
+	if _, err := b.dyn.Resource(kubepolicy.GlobalServices).Namespace("shop").Create(ctx, gsvc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	fwp := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "strait.io/v1alpha1", "kind": "FirewallPolicy",
+		"metadata": map[string]any{"name": "shop-guard"},
+		"spec": map[string]any{"priority": int64(5), "rules": []any{map[string]any{
+			"name": "no-b", "action": "deny",
+			"from": []any{map[string]any{"cluster": "cloud-b"}},
+			"to":   []any{map[string]any{"namespace": "shop", "service": "web"}},
+		}}},
+	}}
+	if _, err := b.dyn.Resource(kubepolicy.FirewallPolicies).Create(ctx, fwp, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The schema lets this label key through; the gateway refuses it
+	// and says so on the object.
+	bad := fwp.DeepCopy()
+	bad.SetName("bad-labels")
+	unstructured.SetNestedSlice(bad.Object, []any{map[string]any{"action": "allow", "from": []any{map[string]any{"labels": map[string]any{"a b": "c"}}}}}, "spec", "rules")
+	if _, err := b.dyn.Resource(kubepolicy.FirewallPolicies).Create(ctx, bad, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("an object the schema should let through: %v", err)
+	}
+	var vip string
+	nstest.Eventually(t, 30*time.Second, "GlobalService shop/web in cloud-b accepted, with a VIP", func() error {
+		o, err := b.dyn.Resource(kubepolicy.GlobalServices).Namespace("shop").Get(ctx, "web", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		vip, _, _ = unstructured.NestedString(o.Object, "status", "vip")
+		if a, err := netip.ParseAddr(vip); err != nil || !vips.Contains(a) {
+			return fmt.Errorf("status %v: no VIP from %s", o.Object["status"], vips)
+		}
+		if !conditionTrue(o, kubepolicy.ConditionAccepted) {
+			return fmt.Errorf("not accepted: %v", o.Object["status"])
+		}
+		return nil
+	})
+	nstest.Eventually(t, 30*time.Second, "FirewallPolicy bad-labels refused on its status", func() error {
+		o, err := b.dyn.Resource(kubepolicy.FirewallPolicies).Get(ctx, "bad-labels", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if conditionTrue(o, kubepolicy.ConditionAccepted) || !strings.Contains(fmt.Sprint(o.Object["status"]), "not a valid label") {
+			return fmt.Errorf("status %v", o.Object["status"])
+		}
+		return nil
+	})
+	// cloud-a, which has the instance, learned both from the catalog.
+	nstest.Eventually(t, 30*time.Second, "cloud-a balancing shop/web at the VIP and enforcing shop-guard", func() error {
+		st := status(t, l, "cloud-a")
+		if st.LoadBalancer == nil || len(st.LoadBalancer.Services) != 1 || st.LoadBalancer.Services[0].VIP.String() != vip {
+			return fmt.Errorf("load balancer %+v", st.LoadBalancer)
+		}
+		if st.Firewall == nil || len(st.Firewall.Rules) != 1 || st.Firewall.Rules[0].Name != "shop-guard/no-b" {
+			return fmt.Errorf("firewall %+v", st.Firewall)
+		}
+		return nil
+	})
+	r, err = query(l, from, "cloud-b", "web.shop.svc.clusterset.local", dns.TypeA)
+	if err != nil || !slices.Equal(addrs(r), []string{vip}) {
+		t.Fatalf("web.shop.svc.clusterset.local once global: %v %v, want the VIP %s", r, err, vip)
+	}
+	if err := b.dyn.Resource(kubepolicy.GlobalServices).Namespace("shop").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	nstest.Eventually(t, 30*time.Second, "shop/web no longer global at cloud-b's DNS", func() error {
+		r, err := query(l, from, "cloud-b", "web.shop.svc.clusterset.local", dns.TypeA)
+		if err != nil || !slices.Equal(addrs(r), []string{ip}) {
+			return fmt.Errorf("%v %v, want the ingress address %s again", r, err, ip)
+		}
+		return nil
+	})
+
 	// Unexported: the import and the name go.
 	if err := a.mcs.MulticlusterV1alpha1().ServiceExports("shop").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
@@ -281,6 +380,7 @@ func TestServiceExportBecomesImport(t *testing.T) {
 type clusterClients struct {
 	kube kubernetes.Interface
 	mcs  mcsclient.Interface
+	dyn  dynamic.Interface
 }
 
 func clients(t *testing.T, s *kube.Server) clusterClients {
@@ -293,7 +393,11 @@ func clients(t *testing.T, s *kube.Server) clusterClients {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return clusterClients{k, m}
+	d, err := dynamic.NewForConfig(s.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return clusterClients{k, m, d}
 }
 
 // startClusters starts n kube-apiservers at once, each with the MCS API's
@@ -312,7 +416,7 @@ func startClusters(t *testing.T, n int) []*kube.Server {
 			s, err := kube.Start(ctx, dir)
 			if err == nil {
 				servers[i] = s
-				err = kubesource.InstallCRDs(ctx, s.Config())
+				err = errors.Join(kubesource.InstallCRDs(ctx, s.Config()), kubepolicy.InstallCRDs(ctx, s.Config()))
 			}
 			if err == nil {
 				var k kubernetes.Interface
