@@ -331,6 +331,7 @@ func (g *Gateway) syncLB(want desired, snap catalog.Snapshot, set meshpolicy.Set
 	}
 	flushed := 0
 	if !b.applied || drifted || key != b.lastInput {
+		in.Prev = b.plan
 		plan, problems, err := lb.Plan(in)
 		if err != nil {
 			return nil, err

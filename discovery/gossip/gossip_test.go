@@ -253,9 +253,19 @@ func TestWrongKeyIsRefusedAndCounted(t *testing.T) {
 		t.Fatal("a member with another key joined")
 	}
 	eventually(t, 10*time.Second, "the wrong key is counted", func() bool { return ms[0].g.Stats().WrongKey > 0 })
+	// The two members know each other (once their own gossip got
+	// through), and never the intruder.
+	eventually(t, 10*time.Second, "both members know each other", func() bool {
+		for _, mb := range ms {
+			if len(mb.cat.Snapshot().Clusters) != 2 {
+				return false
+			}
+		}
+		return true
+	})
 	for _, mb := range ms {
-		if n := len(mb.cat.Snapshot().Clusters); n != 2 {
-			t.Errorf("%s knows %d clusters; the intruder's must not be among them", mb.name, n)
+		if _, ok := mb.cat.Snapshot().Clusters[intruder.name]; ok {
+			t.Errorf("%s knows the intruder's cluster %s", mb.name, intruder.name)
 		}
 	}
 }

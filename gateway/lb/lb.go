@@ -86,6 +86,10 @@ type Input struct {
 	Services []meshpolicy.DeclaredService
 	// Instances by "namespace/name", from live clusters only.
 	Instances map[string][]Instance
+	// Prev is the plan the tables are programmed from, if any: new
+	// tables move only the entries that must move from it (see
+	// maglev.Rebuild).
+	Prev []Service
 }
 
 // Service is a global service as this gateway serves it.
@@ -164,7 +168,7 @@ func Plan(in Input) ([]Service, []string, error) {
 		for _, sig := range order {
 			grp := groups[sig]
 			share(grp.Backends, g.GlobalService, in.Self, in.Region)
-			table, err := build(grp.Backends, in.TableSize)
+			table, err := build(grp.Backends, in.TableSize, prevGroup(in.Prev, g.Key(), grp.Ports))
 			if err != nil {
 				return nil, nil, fmt.Errorf("lb: %s: %w", g.Key(), err)
 			}
@@ -245,8 +249,24 @@ func share(bs []Backend, g meshpolicy.GlobalService, self, region string) {
 // shareScale turns shares into Maglev weights.
 const shareScale = 1_000_000
 
-// build makes the group's Maglev table; nil when no backend has a share.
-func build(bs []Backend, size int) ([]int32, error) {
+// prevGroup finds a service's group of the same ports in a previous plan.
+func prevGroup(prev []Service, key string, ports []PortKey) *Group {
+	for _, s := range prev {
+		if s.Key != key {
+			continue
+		}
+		for i := range s.Groups {
+			if slices.Equal(s.Groups[i].Ports, ports) {
+				return &s.Groups[i]
+			}
+		}
+	}
+	return nil
+}
+
+// build makes the group's Maglev table, moving as few entries as it can
+// from prev's; nil when no backend has a share.
+func build(bs []Backend, size int, prev *Group) ([]int32, error) {
 	mb := make([]maglev.Backend, len(bs))
 	any := false
 	for i, b := range bs {
@@ -259,6 +279,13 @@ func build(bs []Backend, size int) ([]int32, error) {
 	}
 	if !any {
 		return nil, nil
+	}
+	if prev != nil && prev.Table != nil {
+		names := make([]string, len(prev.Backends))
+		for i, b := range prev.Backends {
+			names[i] = b.Cluster
+		}
+		return maglev.Rebuild(prev.Table, names, mb, size)
 	}
 	return maglev.Build(mb, size)
 }

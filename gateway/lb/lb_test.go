@@ -1,8 +1,10 @@
 package lb
 
 import (
+	"fmt"
 	"math"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -155,5 +157,44 @@ func TestGone(t *testing.T) {
 	g := Gone([]Service{both}, []Service{failed})
 	if len(g) != 1 || g[0].Backend != bAddr || g[0].VIP != both.VIP {
 		t.Fatalf("gone %v, want b's address behind the VIP", g)
+	}
+}
+
+func TestPlanMovesOnlyTheFailedInstancesEntries(t *testing.T) {
+	var insts []Instance
+	for i := range 20 {
+		insts = append(insts, inst(fmt.Sprintf("c%02d", i), "", 1, 1, true))
+	}
+	g := meshpolicy.GlobalService{Namespace: "default", Name: "web", VIP: netip.MustParseAddr("242.255.0.10"), Locality: meshpolicy.LocalityNone}
+	in := Input{Self: "x", TableSize: 65537, VIPRange: vips, Services: []meshpolicy.DeclaredService{{Owner: "a", GlobalService: g}},
+		Instances: map[string][]Instance{"default/web": insts}}
+	before, _, err := Plan(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	failed := slices.Clone(insts)
+	failed[7].Healthy = false
+	in.Instances = map[string][]Instance{"default/web": failed}
+	in.Prev = before
+	after, _, err := Plan(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, a := before[0].Groups[0], after[0].Groups[0]
+	moved := 0
+	for i := range a.Table {
+		was, is := b.Backends[b.Table[i]].Cluster, a.Backends[a.Table[i]].Cluster
+		if was != is {
+			moved++
+			if was != "c07" {
+				t.Fatalf("entry %d moved from %s, which still serves", i, was)
+			}
+		}
+		if is == "c07" {
+			t.Fatalf("entry %d still on the failed instance", i)
+		}
+	}
+	if moved == 0 {
+		t.Fatal("nothing moved")
 	}
 }
