@@ -37,7 +37,7 @@ func lbService(st gateway.Status, name string) (gateway.LBService, bool) {
 func serving(s gateway.LBService) []string {
 	var out []string
 	for _, b := range s.Backends {
-		if b.Serving && b.Share > 0 {
+		if b.Serving && b.Checked && b.Share > 0 {
 			out = append(out, b.Cluster)
 		}
 	}
@@ -205,9 +205,21 @@ func TestGlobalServiceAndFirewall(t *testing.T) {
 		}
 	}
 	nstest.Eventually(t, 10*time.Second, "the VIP refusing with no backend serving", func() error {
-		_, err := lab.Request(context.Background(), client, vip, "tcp", time.Second)
-		if !errors.Is(err, syscall.ECONNREFUSED) {
-			return fmt.Errorf("connecting: %v, want connection refused", err)
+		s, _ := lbService(status(t, l, "onprem"), "default/web")
+		if len(serving(s)) != 0 {
+			return fmt.Errorf("still serving: %v", serving(s))
+		}
+		return nil
+	})
+	// Refused by the gateway (the stopped servers would reset too: the
+	// counter tells them apart).
+	refusedBefore := status(t, l, "onprem").LoadBalancer.Refused
+	if _, err := lab.Request(context.Background(), client, vip, "tcp", time.Second); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("connecting with no backend serving: %v, want connection refused", err)
+	}
+	nstest.Eventually(t, 5*time.Second, "onprem counting the refusal", func() error {
+		if got := status(t, l, "onprem").LoadBalancer.Refused; got <= refusedBefore {
+			return fmt.Errorf("refused %d, was %d", got, refusedBefore)
 		}
 		return nil
 	})
@@ -216,6 +228,13 @@ func TestGlobalServiceAndFirewall(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	nstest.Eventually(t, 10*time.Second, "both clouds serving again", func() error {
+		s, _ := lbService(status(t, l, "onprem"), "default/web")
+		if len(serving(s)) != 2 {
+			return fmt.Errorf("serving: %v", serving(s))
+		}
+		return nil
+	})
 
 	// The firewall: a policy written in cloud-a's site file, enforced by
 	// onprem's gateway, keeps cloud-b from the database.

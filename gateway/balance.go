@@ -1,11 +1,16 @@
 package gateway
 
 import (
+	"encoding/binary"
+	"encoding/json"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/straitnet/strait/discovery/catalog"
@@ -15,6 +20,7 @@ import (
 	"github.com/straitnet/strait/gateway/lb"
 	"github.com/straitnet/strait/gateway/lbtable"
 	"github.com/straitnet/strait/gateway/siteconf"
+	"github.com/straitnet/strait/internal/atomicfile"
 	"github.com/straitnet/strait/natpool"
 )
 
@@ -50,6 +56,10 @@ type balancer struct {
 	plan     []lb.Service
 	problems []string
 	applied  bool
+	// cleared says a table left from before this process is gone or
+	// replaced; flushed counts the connections flushed since the start.
+	cleared bool
+	flushed int
 	// lastInput is what plan was made from, as text.
 	lastInput string
 }
@@ -83,6 +93,9 @@ type LBBackend struct {
 	Serving bool       `json:"serving"`
 	Ready   int        `json:"ready"`
 	Healthy bool       `json:"healthy"`
+	// Checked says its health check has a verdict (else it counts as
+	// healthy).
+	Checked bool `json:"checked"`
 }
 
 // Health is a health check of one of this site's instances.
@@ -112,43 +125,60 @@ func (b *balancer) close() {
 }
 
 // declare fills in the VIPs of the global services this site declares:
-// theirs when written, else the one allocated to them, avoiding every VIP
-// the catalog shows other clusters holding. Allocations are saved before
-// they are published.
-func (b *balancer) declare(want desired, snap catalog.Snapshot, now func() time.Time) ([]meshpolicy.GlobalService, []string, error) {
-	out := slices.Clone(want.globalServices)
+// theirs when written, else the one allocated to them. Allocation starts
+// at a hash of the service's name and avoids every VIP the catalog shows
+// other clusters holding; an allocated VIP another cluster's service holds
+// too (both allocated at once) is given up for another. New VIPs are
+// allocated only once allocate says the catalog can be trusted. What goes
+// wrong (the store, an exhausted range) is a problem, and the allocations
+// stay as they were: a VIP in use never moves for it.
+func (b *balancer) declare(want desired, snap catalog.Snapshot, allocate bool, now func() time.Time) ([]meshpolicy.GlobalService, []string) {
 	var problems []string
 	if want.lb == nil {
 		var kept []meshpolicy.GlobalService
-		for _, g := range out {
+		for _, g := range want.globalServices {
 			if !g.VIP.IsValid() {
 				problems = append(problems, fmt.Sprintf("global service %s has no vip, and without loadBalancer.vipRange in the mesh file none is allocated", g.Key()))
 				continue
 			}
 			kept = append(kept, g)
 		}
-		return kept, problems, nil
+		return kept, problems
 	}
 	rng := want.lb.VIPRange
+	pools := []natpool.Pool{{Name: "vip", Kind: natpool.VIP, CIDR: rng}}
 	if b.vips == nil || b.vipsRange != rng {
 		st, err := b.store.Load()
-		if err != nil {
-			return nil, nil, err
+		var a *natpool.Allocator
+		if err == nil {
+			a, err = natpool.NewAllocator(rng, pools, st, natpool.DefaultHoldDown, now)
 		}
-		a, err := natpool.NewAllocator(rng, []natpool.Pool{{Name: "vip", Kind: natpool.VIP, CIDR: rng}}, st, natpool.DefaultHoldDown, now)
 		if err != nil {
-			return nil, nil, fmt.Errorf("VIPs in %s: %w", b.store.Where(), err)
+			return withVIPs(want.globalServices), []string{fmt.Sprintf("VIPs in %s: %v; only written VIPs are published", b.store.Where(), err)}
 		}
 		b.vips, b.vipsRange = a, rng
 	}
-	var avoid []netip.Addr
+	// Who holds which VIP elsewhere.
+	type holder struct {
+		key, owner string
+		allocated  bool
+	}
+	held := map[netip.Addr]holder{}
 	for _, d := range snap.GlobalServices {
 		if d.Owner != snap.Self && d.VIP.IsValid() {
-			avoid = append(avoid, d.VIP)
+			held[d.VIP] = holder{d.Key(), d.Owner, d.Allocated}
 		}
 	}
+	next, err := natpool.NewAllocator(rng, pools, b.vips.State(), natpool.DefaultHoldDown, now)
+	if err != nil {
+		return withVIPs(want.globalServices), []string{fmt.Sprintf("VIPs: %v", err)}
+	}
+	var avoid []netip.Addr
+	for ip := range held {
+		avoid = append(avoid, ip)
+	}
 	var reqs []natpool.Request
-	for _, g := range out {
+	for _, g := range want.globalServices {
 		if g.VIP.IsValid() {
 			avoid = append(avoid, g.VIP)
 			if !rng.Contains(g.VIP) {
@@ -156,11 +186,21 @@ func (b *balancer) declare(want desired, snap catalog.Snapshot, now func() time.
 			}
 			continue
 		}
-		reqs = append(reqs, natpool.Request{Key: "vip/" + g.Key(), Pool: "vip", Kind: natpool.VIP})
-	}
-	next, err := natpool.NewAllocator(rng, []natpool.Pool{{Name: "vip", Kind: natpool.VIP, CIDR: rng}}, b.vips.State(), natpool.DefaultHoldDown, now)
-	if err != nil {
-		return nil, nil, err
+		key := "vip/" + g.Key()
+		ip, had := next.Lookup(key)
+		// Another service has the same VIP, written, or allocated at
+		// the same time: a written one keeps it, else the first name,
+		// as Merge decides.
+		if h, clash := held[ip]; had && clash && h.key != g.Key() && (!h.allocated || h.key < g.Key()) {
+			problems = append(problems, fmt.Sprintf("global service %s: its VIP %s is also %s's (declared by %s); allocating another", g.Key(), ip, h.key, h.owner))
+			next.Release(key)
+			had = false
+		}
+		if !had && !allocate {
+			problems = append(problems, fmt.Sprintf("global service %s: waiting for the catalog to settle before allocating its VIP", g.Key()))
+			continue
+		}
+		reqs = append(reqs, natpool.Request{Key: key, Pool: "vip", Kind: natpool.VIP, Hint: hintIn(rng, g.Key())})
 	}
 	next.Avoid(avoid)
 	changed, errs := next.Sync(reqs)
@@ -169,18 +209,48 @@ func (b *balancer) declare(want desired, snap catalog.Snapshot, now func() time.
 	}
 	if changed {
 		if err := b.store.Save(next.State()); err != nil {
-			return nil, nil, fmt.Errorf("saving VIPs to %s: %w", b.store.Where(), err)
+			// Not saved, not used.
+			problems = append(problems, fmt.Sprintf("saving VIPs to %s: %v; new VIPs wait", b.store.Where(), err))
+			next = b.vips
 		}
 	}
 	b.vips = next
-	for i := range out {
-		if !out[i].VIP.IsValid() {
-			if ip, ok := next.Lookup("vip/" + out[i].Key()); ok {
-				out[i].VIP, out[i].Allocated = ip, true
+	out := slices.Clone(want.globalServices)
+	kept := out[:0]
+	for _, g := range out {
+		if !g.VIP.IsValid() {
+			ip, ok := next.Lookup("vip/" + g.Key())
+			if !ok {
+				continue
 			}
+			g.VIP, g.Allocated = ip, true
+		}
+		kept = append(kept, g)
+	}
+	return kept, problems
+}
+
+// withVIPs keeps the global services that have a VIP written.
+func withVIPs(gs []meshpolicy.GlobalService) []meshpolicy.GlobalService {
+	var out []meshpolicy.GlobalService
+	for _, g := range gs {
+		if g.VIP.IsValid() {
+			out = append(out, g)
 		}
 	}
-	return out, problems, nil
+	return out
+}
+
+// hintIn is where the search for a service's VIP starts: a hash of its
+// name into the range, so that clusters allocating at once rarely collide.
+func hintIn(rng netip.Prefix, key string) netip.Addr {
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	base := binary.BigEndian.Uint32(rng.Masked().Addr().AsSlice())
+	size := uint32(1) << (32 - rng.Bits())
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], base+h.Sum32()%size)
+	return netip.AddrFrom4(b)
 }
 
 // local is how this gateway reaches its own instance of a service.
@@ -222,6 +292,10 @@ func checks(set meshpolicy.Set, locals map[string]local) []health.Target {
 			}
 		}
 		if !ok {
+			// Checked at a port the instance does not have: it would
+			// never fail. A target with no address fails every check,
+			// and says why.
+			out = append(out, health.Target{Key: g.Key(), Check: hc})
 			continue
 		}
 		out = append(out, health.Target{Key: g.Key(), Addr: netip.AddrPortFrom(l.backend, port), Check: hc})
@@ -240,37 +314,38 @@ func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
 }
 
 // instances are the instances of every global service: this site's own,
-// reached at its backend with its health checked here, and those of the
-// other live clusters, reached at their ingress addresses.
-func instances(snap catalog.Snapshot, set meshpolicy.Set, locals map[string]local, results map[string]health.Result, selfReady map[string]int) map[string][]lb.Instance {
+// reached at its backend with its health checked here (from what the
+// gateway knows, with or without a catalog), and those of the other live
+// clusters, reached at their ingress addresses.
+func instances(snap catalog.Snapshot, set meshpolicy.Set, locals map[string]local, results map[string]health.Result, selfReady map[string][2]int) map[string][]lb.Instance {
 	want := map[string]bool{}
-	for _, g := range set.Services {
-		want[g.Key()] = true
-	}
 	out := map[string][]lb.Instance{}
+	for _, g := range set.Services {
+		key := g.Key()
+		want[key] = true
+		l, ok := locals[key]
+		if !ok {
+			continue
+		}
+		inst := lb.Instance{Cluster: snap.Self, Region: snap.Clusters[snap.Self].Region, Addr: l.backend, Ports: l.ports, Ready: 1, Healthy: true}
+		if n, ok := selfReady[key]; ok {
+			inst.Ready, inst.Total = n[0], n[1]
+		}
+		if r, ok := results[key]; ok && r.Checked {
+			inst.Healthy, inst.Checked = r.Healthy, true
+		}
+		out[key] = append(out[key], inst)
+	}
 	for _, cs := range snap.Services {
 		key := cs.Namespace + "/" + cs.Name
-		if !want[key] || cs.Headless || !snap.Alive[cs.Cluster] {
+		if !want[key] || cs.Headless || cs.Cluster == snap.Self || !snap.Alive[cs.Cluster] {
 			continue
 		}
 		inst := lb.Instance{Cluster: cs.Cluster, Region: snap.Clusters[cs.Cluster].Region, Addr: cs.Addr,
-			Ports: map[lb.PortKey]uint16{}, Ready: cs.Ready, Total: cs.Total, Healthy: cs.Health == nil || cs.Health.Healthy}
+			Ports: map[lb.PortKey]uint16{}, Ready: cs.Ready, Total: cs.Total, Healthy: cs.Health == nil || cs.Health.Healthy, Checked: cs.Health != nil}
 		for _, p := range cs.Ports {
 			if pr := protoNumber(p.Protocol); pr != 0 {
 				inst.Ports[lb.PortKey{Proto: pr, Port: p.Port}] = p.Port
-			}
-		}
-		if cs.Cluster == snap.Self {
-			l, ok := locals[key]
-			if !ok {
-				continue
-			}
-			inst.Addr, inst.Ports = l.backend, l.ports
-			if r, ok := results[key]; ok && r.Checked {
-				inst.Healthy = r.Healthy
-			}
-			if n, ok := selfReady[key]; ok {
-				inst.Ready = n
 			}
 		}
 		out[key] = append(out[key], inst)
@@ -298,11 +373,12 @@ func (g *Gateway) syncLB(want desired, snap catalog.Snapshot, set meshpolicy.Set
 	locals := localServices(want.services)
 	b.checker.Set(checks(set, locals))
 	if want.lb == nil {
-		if b.applied {
+		// Also a table left from before a restart.
+		if b.applied || !b.cleared {
 			if err := b.tab.Remove(); err != nil {
 				return nil, err
 			}
-			b.applied, b.plan, b.lastInput = false, nil, ""
+			b.applied, b.cleared, b.plan, b.lastInput = false, true, nil, ""
 		}
 		if len(set.Services) > 0 {
 			return &LBStatus{Problems: []string{"global services are declared, but the mesh file has no loadBalancer section: this gateway does not serve them"}}, nil
@@ -310,9 +386,9 @@ func (g *Gateway) syncLB(want desired, snap catalog.Snapshot, set meshpolicy.Set
 		return nil, nil
 	}
 	results := b.checker.Results()
-	ready := map[string]int{}
+	ready := map[string][2]int{}
 	for _, e := range want.exports {
-		ready[e.Namespace+"/"+e.Name] = e.Ready
+		ready[e.Namespace+"/"+e.Name] = [2]int{e.Ready, e.Total}
 	}
 	in := lb.Input{Self: snap.Self, Region: snap.Clusters[snap.Self].Region, TableSize: want.lb.TableSize,
 		VIPRange: want.lb.VIPRange, Services: set.Services, Instances: instances(snap, set, locals, results, ready)}
@@ -329,7 +405,6 @@ func (g *Gateway) syncLB(want desired, snap catalog.Snapshot, set meshpolicy.Set
 			g.log.Warn("load balancer table drifted from what was programmed; rewriting it", "table", lbtable.TableName)
 		}
 	}
-	flushed := 0
 	if !b.applied || drifted || key != b.lastInput {
 		in.Prev = b.plan
 		plan, problems, err := lb.Plan(in)
@@ -344,19 +419,27 @@ func (g *Gateway) syncLB(want desired, snap catalog.Snapshot, set meshpolicy.Set
 		if err != nil {
 			return nil, err
 		}
-		if gone := lb.Gone(b.plan, plan); len(gone) > 0 {
-			if flushed, err = b.tab.Flush(gone); err != nil {
+		gone := lb.Gone(b.plan, plan)
+		if b.plan == nil {
+			// After a start: backends that stopped serving while the
+			// gateway was down still have their connections.
+			gone = lb.NotServing(plan)
+		}
+		if len(gone) > 0 {
+			n, err := b.tab.Flush(gone)
+			if err != nil {
 				return nil, err
 			}
-			g.log.Info("backends stopped serving; their connections flushed", "backends", fmt.Sprint(gone), "connections", flushed)
+			b.flushed += n
+			g.log.Info("backends stopped serving; their connections flushed", "backends", fmt.Sprint(gone), "connections", n)
 		}
 		if st.Full || st.Added+st.Removed > 0 {
 			g.log.Info("load balancer programmed", "table", lbtable.TableName, "whole", st.Full, "added", st.Added, "removed", st.Removed, "services", len(plan))
 		}
-		b.plan, b.problems, b.applied, b.lastInput = plan, problems, true, key
+		b.plan, b.problems, b.applied, b.cleared, b.lastInput = plan, problems, true, true, key
 	}
 	plan, problems := b.plan, b.problems
-	status := &LBStatus{VIPRange: want.lb.VIPRange.String(), Problems: problems, Flushed: flushed, UpdatedAt: g.opts.Now(), Health: map[string]Health{}}
+	status := &LBStatus{VIPRange: want.lb.VIPRange.String(), Problems: problems, Flushed: b.flushed, UpdatedAt: g.opts.Now(), Health: map[string]Health{}}
 	for _, s := range plan {
 		ls := LBService{Name: s.Key, VIP: s.VIP}
 		for _, grp := range s.Groups {
@@ -368,7 +451,7 @@ func (g *Gateway) syncLB(want desired, snap catalog.Snapshot, set meshpolicy.Set
 			}
 			for _, be := range grp.Backends {
 				ls.Backends = append(ls.Backends, LBBackend{Cluster: be.Cluster, Addr: be.Addr, Tier: be.Tier,
-					Share: round3(be.Share), Serving: be.Serving, Ready: be.Ready, Healthy: be.Healthy})
+					Share: round3(be.Share), Serving: be.Serving, Ready: be.Ready, Healthy: be.Healthy, Checked: be.Checked})
 			}
 		}
 		status.Services = append(status.Services, ls)
@@ -416,28 +499,26 @@ func (g *Gateway) snapshot(mp meshDeclared) catalog.Snapshot {
 }
 
 // declare is what this site declares for the mesh this pass, VIPs
-// allocated, with its instances' health.
-func (g *Gateway) declare(want desired) (meshDeclared, error) {
-	mp := meshDeclared{policies: want.policies}
-	if g.lb == nil {
-		mp.globalServices = want.globalServices
-		return mp, nil
+// allocated, with its instances' health. It cannot fail: what goes wrong
+// is a problem in the status, and the rest is published regardless.
+func (g *Gateway) declare(want desired) meshDeclared {
+	mp := meshDeclared{policies: want.policies, globalServices: want.globalServices}
+	var problems []string
+	if g.lb != nil {
+		mp.health = g.lb.checker.Results()
+		var snap catalog.Snapshot
+		settled := true
+		if g.disc != nil {
+			snap = g.disc.cat.Snapshot()
+			settled = g.disc.settled()
+		}
+		mp.globalServices, problems = g.lb.declare(want, snap, settled, g.opts.Now)
 	}
-	mp.health = g.lb.checker.Results()
-	var snap catalog.Snapshot
-	if g.disc != nil {
-		snap = g.disc.cat.Snapshot()
-	}
-	gs, problems, err := g.lb.declare(want, snap, g.opts.Now)
-	if err != nil {
-		return meshDeclared{}, err
-	}
-	mp.globalServices = gs
 	g.mu.Lock()
 	g.meshProblems = problems
 	g.mu.Unlock()
 	g.lastDeclared = mp
-	return mp, nil
+	return mp
 }
 
 // syncMesh programs the load balancer and the firewall from the catalog:
@@ -458,6 +539,7 @@ func (g *Gateway) syncMesh(want desired) (lbErr, fwErr error) {
 		return nil, nil
 	}
 	snap := g.snapshot(g.lastDeclared)
+	g.withRemembered(&snap)
 	set := meshpolicy.Merge(snap.GlobalServices, snap.Policies)
 	if g.disc != nil && g.disc.policy != nil {
 		g.disc.setPolicyStatus(objectStatus(g.lastDeclared, set, snap.Self))
@@ -485,16 +567,27 @@ func (g *Gateway) syncMesh(want desired) (lbErr, fwErr error) {
 }
 
 // objectStatus is what the status of this cluster's strait.io objects
-// says: each global service's VIP, and the declarations another cluster's
-// different declaration overrides.
+// says: each global service's VIP in use (the one that applies, which may
+// be another cluster's declaration's), and the declarations that do not
+// apply as written: another cluster's different declaration overrides
+// them, or they are left out (no VIP, a VIP another service holds).
 func objectStatus(mp meshDeclared, set meshpolicy.Set, self string) (map[string]netip.Addr, map[string]string) {
 	vips, conflicts := map[string]netip.Addr{}, map[string]string{}
 	for _, g := range mp.globalServices {
-		if g.VIP.IsValid() {
-			vips[g.Key()] = g.VIP
-		}
-		if w, ok := set.Service(g.Namespace, g.Name); ok && w.Owner != self && !w.Equal(g) {
-			conflicts[kubepolicy.ConflictKey(kubepolicy.KindGlobalService, g.Key())] = fmt.Sprintf("%s declares %s differently, and its declaration applies (the first cluster name)", w.Owner, g.Key())
+		key := kubepolicy.ConflictKey(kubepolicy.KindGlobalService, g.Key())
+		w, ok := set.Service(g.Namespace, g.Name)
+		switch {
+		case !ok:
+			for _, p := range set.Problems {
+				if strings.HasPrefix(p, "global service "+g.Key()+" ") {
+					conflicts[key] = p
+				}
+			}
+		case w.Owner != self && !w.Equal(g):
+			vips[g.Key()] = w.VIP
+			conflicts[key] = fmt.Sprintf("%s declares %s differently, and its declaration applies (the first cluster name)", w.Owner, g.Key())
+		default:
+			vips[g.Key()] = w.VIP
 		}
 	}
 	for _, p := range mp.policies {
@@ -505,4 +598,67 @@ func objectStatus(mp meshDeclared, set meshpolicy.Set, self string) (map[string]
 		}
 	}
 	return vips, conflicts
+}
+
+// DeclarationsName is the file in the state directory that keeps the mesh
+// policy other clusters declared, as last seen.
+const DeclarationsName = "declarations.json"
+
+// declarations are other clusters' declarations, as saved.
+type declarations struct {
+	GlobalServices []meshpolicy.DeclaredService `json:"globalServices,omitempty"`
+	Policies       []meshpolicy.DeclaredPolicy  `json:"policies,omitempty"`
+}
+
+// withRemembered adds to snap the declarations of clusters the catalog
+// does not know (yet), as last seen: a gateway that starts alone, or
+// whose peers are slow to answer, keeps enforcing the policies it
+// enforced, rather than failing open. The declarations of the clusters it
+// knows are saved for the next start when they change.
+func (g *Gateway) withRemembered(snap *catalog.Snapshot) {
+	if g.disc == nil {
+		return
+	}
+	path := filepath.Join(g.opts.StateDir, DeclarationsName)
+	if g.remembered == nil {
+		g.remembered = &declarations{}
+		if data, err := os.ReadFile(path); err == nil {
+			if err := json.Unmarshal(data, g.remembered); err != nil {
+				g.log.Warn("ignoring the saved declarations of other clusters", "file", path, "err", err)
+				g.remembered = &declarations{}
+			}
+		}
+	}
+	var seen declarations
+	for _, d := range snap.GlobalServices {
+		if d.Owner != snap.Self {
+			seen.GlobalServices = append(seen.GlobalServices, d)
+		}
+	}
+	for _, d := range snap.Policies {
+		if d.Owner != snap.Self {
+			seen.Policies = append(seen.Policies, d)
+		}
+	}
+	known := func(owner string) bool { _, ok := snap.Clusters[owner]; return ok }
+	for _, d := range g.remembered.GlobalServices {
+		if !known(d.Owner) {
+			snap.GlobalServices = append(snap.GlobalServices, d)
+			seen.GlobalServices = append(seen.GlobalServices, d)
+		}
+	}
+	for _, d := range g.remembered.Policies {
+		if !known(d.Owner) {
+			snap.Policies = append(snap.Policies, d)
+			seen.Policies = append(seen.Policies, d)
+		}
+	}
+	before, _ := json.Marshal(g.remembered)
+	after, _ := json.Marshal(seen)
+	if string(before) != string(after) {
+		if err := atomicfile.Write(path, after, 0o600, false); err != nil {
+			g.log.Warn("saving other clusters' declarations", "file", path, "err", err)
+		}
+		g.remembered = &seen
+	}
 }

@@ -115,6 +115,9 @@ func derive(m *meshconf.Mesh, sc *siteconf.Config, self string, key wgtypes.Key,
 		})
 	}
 	d.translated = natpool.TranslatedDestinations(me.Plan(), peers)
+	if m.LoadBalancer != nil && m.LoadBalancer.VIPRange.IsValid() {
+		d.tunnel.Routes = []netip.Prefix{m.LoadBalancer.VIPRange}
+	}
 	d.pairs = natpool.Matrix(m.Plan())
 	for _, s := range sc.Services {
 		d.requests = append(d.requests, natpool.Request{Key: natpool.IngressKey(s.Namespace, s.Name), Pool: s.Pool, Kind: natpool.Ingress})
@@ -156,7 +159,7 @@ func addExports(d *desired, exports []kubesource.Export) {
 			d.problems = append(d.problems, fmt.Sprintf("service %s/%s is exported by the site file and by a ServiceExport; the site file's is published", e.Namespace, e.Name))
 			continue
 		}
-		cs := catalog.Service{Namespace: e.Namespace, Name: e.Name, Ports: e.Ports, Ready: e.Ready}
+		cs := catalog.Service{Namespace: e.Namespace, Name: e.Name, Ports: e.Ports, Ready: e.Ready, Total: e.Total}
 		if e.Headless {
 			cs.Headless, cs.Endpoints = true, e.Endpoints
 			d.exports = append(d.exports, cs)

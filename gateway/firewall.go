@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/straitnet/strait/discovery/catalog"
@@ -30,7 +31,11 @@ var _ fwTable = (*fwtable.Table)(nil)
 type fwState struct {
 	tab     fwTable
 	applied bool
-	prog    firewall.Program
+	// cleared says a table left from before this process is gone (or
+	// replaced); lastInput is what prog was compiled from, as text.
+	cleared   bool
+	lastInput string
+	prog      firewall.Program
 	// rules names the program's rules by index, for the deny logs.
 	rules []firewall.RuleInfo
 }
@@ -95,52 +100,75 @@ func firewallInput(want desired, snap catalog.Snapshot, set meshpolicy.Set, self
 }
 
 // syncFirewall compiles and programs the mesh firewall. With no policy and
-// a default of allow there is nothing to enforce, and no table.
+// a default of allow there is nothing to enforce, and no table: one left
+// from before a restart is removed too. The policies' problems (conflicts
+// between clusters' declarations included) are in the status whatever
+// happens.
 func (g *Gateway) syncFirewall(want desired, snap catalog.Snapshot, set meshpolicy.Set) (*FirewallStatus, error) {
 	f := g.fw
 	if f == nil {
 		return nil, nil
 	}
 	in := firewallInput(want, snap, set, g.opts.Site)
+	var setProblems []string
+	for _, p := range set.Problems {
+		if strings.HasPrefix(p, "policy ") {
+			setProblems = append(setProblems, p)
+		}
+	}
 	if len(in.Policies) == 0 && in.Default == meshpolicy.Allow {
-		if f.applied {
+		if f.applied || !f.cleared {
 			if err := f.tab.Remove(); err != nil {
 				return nil, err
 			}
-			f.applied = false
-			g.log.Info("mesh firewall removed: no policy, default allow", "table", fwtable.TableName)
+			if f.applied {
+				g.log.Info("mesh firewall removed: no policy, default allow", "table", fwtable.TableName)
+			}
+			f.applied, f.cleared, f.lastInput = false, true, ""
+		}
+		if len(setProblems) > 0 {
+			return &FirewallStatus{DefaultAction: in.Default, Problems: setProblems}, nil
 		}
 		return nil, nil
 	}
-	prog := firewall.Compile(in)
-	if prog.Failed {
-		// Keep enforcing the last program that compiled.
-		return &FirewallStatus{DefaultAction: in.Default, Problems: append(slices.Clone(prog.Problems), "the firewall did not compile; the previous program stays in force")}, nil
-	}
+	// Compiling 10,000 rules is not free, and most passes change
+	// nothing the firewall reads.
+	key := fmt.Sprint(in, g.opts.Interface)
+	drifted := false
 	if f.applied {
-		if ok, err := f.tab.Verify(); err != nil {
+		ok, err := f.tab.Verify()
+		if err != nil {
 			return nil, err
-		} else if !ok {
+		}
+		if drifted = !ok; drifted {
 			g.log.Warn("firewall table drifted from what was programmed; rewriting it", "table", fwtable.TableName)
 		}
 	}
-	st, err := f.tab.Sync(g.opts.Interface, prog)
-	if err != nil {
-		return nil, err
+	if !f.applied || drifted || key != f.lastInput {
+		prog := firewall.Compile(in)
+		if prog.Failed {
+			// Keep enforcing the last program that compiled.
+			return &FirewallStatus{DefaultAction: in.Default, Problems: slices.Concat(setProblems, prog.Problems,
+				[]string{"the firewall did not compile; the previous program stays in force"})}, nil
+		}
+		st, err := f.tab.Sync(g.opts.Interface, prog)
+		if err != nil {
+			return nil, err
+		}
+		if st.Full {
+			g.log.Info("mesh firewall programmed", "table", fwtable.TableName, "rules", len(prog.Rules), "default", in.Default)
+		}
+		f.applied, f.cleared, f.prog, f.lastInput = true, true, prog, key
+		g.mu.Lock()
+		f.rules = prog.Rules
+		g.mu.Unlock()
 	}
-	if st.Full {
-		g.log.Info("mesh firewall programmed", "table", fwtable.TableName, "rules", len(prog.Rules), "default", in.Default)
-	}
-	f.applied, f.prog = true, prog
-	g.mu.Lock()
-	f.rules = prog.Rules
-	g.mu.Unlock()
-	status := &FirewallStatus{DefaultAction: in.Default, Problems: prog.Problems}
+	status := &FirewallStatus{DefaultAction: in.Default, Problems: slices.Concat(setProblems, f.prog.Problems)}
 	counts, err := f.tab.Counters()
 	if err != nil {
 		return nil, err
 	}
-	for _, r := range prog.Rules {
+	for _, r := range f.prog.Rules {
 		status.Rules = append(status.Rules, FirewallRule{Name: r.Name, Action: r.Action, DryRun: r.DryRun, Matched: counts[r.Name].Packets})
 	}
 	status.Default = counts[fwtable.DefaultCounter].Packets

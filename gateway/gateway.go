@@ -195,8 +195,10 @@ type Gateway struct {
 	lbStatus     *LBStatus
 	fwStatus     *FirewallStatus
 	meshProblems []string
-	// lastDeclared is what the last pass declared (the loop's).
+	// lastDeclared is what the last pass declared; remembered other
+	// clusters' declarations as last seen (the loop's).
 	lastDeclared meshDeclared
+	remembered   *declarations
 }
 
 // Problem is an error the gateway reports in its status until it clears.
@@ -397,7 +399,9 @@ func (g *Gateway) start(ctx context.Context, want desired, h string) error {
 	if err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
-	if err := g.publish(want, meshDeclared{}); err != nil {
+	// The site's declarations too: a start that published none would
+	// withdraw them from the whole mesh until the first pass.
+	if err := g.publish(want, g.declare(want)); err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
 	g.mu.Lock()
@@ -515,17 +519,15 @@ func (g *Gateway) reconcile(ctx context.Context) {
 	allocErr := g.allocate(want)
 	engineErr := g.engine.Apply(ctx, want.tunnel)
 	prog, natErr := g.syncNAT(want)
-	mp, meshErr := g.declare(want)
-	var pubErr, lbErr, fwErr error
-	if natErr == nil && meshErr == nil {
+	mp := g.declare(want)
+	var pubErr error
+	if natErr == nil {
 		// Published only once translated: an address in DNS and at the
 		// peers must lead somewhere.
 		pubErr = g.publish(want, mp)
 	}
-	if meshErr == nil {
-		lbErr, fwErr = g.syncMesh(want)
-	}
-	err := errors.Join(allocErr, engineErr, natErr, meshErr, pubErr, lbErr, fwErr)
+	lbErr, fwErr := g.syncMesh(want)
+	err := errors.Join(allocErr, engineErr, natErr, pubErr, lbErr, fwErr)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if natErr == nil {

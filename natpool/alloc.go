@@ -50,6 +50,10 @@ type Request struct {
 	Key  string
 	Pool string
 	Kind Kind
+	// Hint, if in the pool, is where the search for a free address
+	// starts (wrapping around): allocators that do not talk to each
+	// other, each starting at a hash of its key, rarely pick the same.
+	Hint netip.Addr
 }
 
 // Allocator hands out pool addresses to keys (services, egress rules):
@@ -191,13 +195,18 @@ func (a *Allocator) ensure(r Request, now time.Time, from map[string]netip.Addr)
 	// A key back within its own hold-down gets its address back: the
 	// hold-down keeps addresses from other keys, not from their own.
 	for ip, rel := range a.released {
-		if rel.Key == r.Key && rel.Pool == r.Pool && p.CIDR.Contains(ip) {
+		if rel.Key == r.Key && rel.Pool == r.Pool && p.CIDR.Contains(ip) && !a.avoid[ip] {
 			delete(a.released, ip)
 			a.take(r, ip, now, had)
 			return true, nil
 		}
 	}
-	ip, ok := a.free(p, from)
+	var ip netip.Addr
+	if r.Hint.IsValid() && p.CIDR.Contains(r.Hint) {
+		ip, ok = a.freeAt(p, r.Hint)
+	} else {
+		ip, ok = a.free(p, from)
+	}
 	if !ok {
 		// A key moving pools keeps its old address until it has a new one.
 		held := 0
@@ -245,6 +254,36 @@ func (a *Allocator) free(p Pool, from map[string]netip.Addr) (netip.Addr, bool) 
 	}
 	from[p.Name] = LastAddr(p.CIDR).Next()
 	return netip.Addr{}, false
+}
+
+// freeAt finds the first usable address of p from start on, wrapping
+// around, that is neither taken, held down nor avoided.
+func (a *Allocator) freeAt(p Pool, start netip.Addr) (netip.Addr, bool) {
+	ok := func(ip netip.Addr) bool {
+		_, taken := a.byIP[ip]
+		_, held := a.released[ip]
+		return usable(ip) && !taken && !held && !a.avoid[ip]
+	}
+	for ip := start; p.CIDR.Contains(ip); ip = ip.Next() {
+		if ok(ip) {
+			return ip, true
+		}
+	}
+	for ip := p.CIDR.Masked().Addr(); ip != start; ip = ip.Next() {
+		if ok(ip) {
+			return ip, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// Release lets a key's address go into hold-down now, as if it was no
+// longer requested: the next request of the key gets another address (one
+// it must not keep, such as a VIP another cluster holds).
+func (a *Allocator) Release(key string) {
+	if _, ok := a.byKey[key]; ok {
+		a.release(key, a.now())
+	}
 }
 
 func (a *Allocator) used(p Pool) int {

@@ -30,8 +30,11 @@ type Export struct {
 	// EndpointSlices, sorted by address: headless services publish them,
 	// the others only count them.
 	Endpoints []catalog.Endpoint
-	// Ready is the number of ready endpoint addresses (len(Endpoints)).
+	// Ready is the number of ready endpoint addresses (len(Endpoints));
+	// Total counts them ready or not, for the load balancer's share of
+	// an instance that is short of backends.
 	Ready int
+	Total int `json:",omitempty"`
 }
 
 // Port is a port of an exported service: the catalog's type, so that an
@@ -110,6 +113,7 @@ func exportOf(svc *corev1.Service, eps []*discoveryv1.EndpointSlice) (Export, *r
 	}
 	e.Endpoints = readyEndpoints(eps)
 	e.Ready = len(e.Endpoints)
+	e.Total = max(e.Ready, countEndpoints(eps))
 	return e, nil
 }
 
@@ -153,6 +157,23 @@ func readyEndpoints(eps []*discoveryv1.EndpointSlice) []catalog.Endpoint {
 	return out
 }
 
+// countEndpoints counts the distinct IPv4 addresses of a Service's slices,
+// ready or not.
+func countEndpoints(eps []*discoveryv1.EndpointSlice) int {
+	seen := map[string]bool{}
+	for _, sl := range eps {
+		if sl.AddressType != discoveryv1.AddressTypeIPv4 {
+			continue
+		}
+		for _, ep := range sl.Endpoints {
+			if len(ep.Addresses) > 0 {
+				seen[ep.Addresses[0]] = true
+			}
+		}
+	}
+	return len(seen)
+}
+
 // unicast is what the catalog accepts as an endpoint address.
 func unicast(a netip.Addr) bool {
 	return !a.IsUnspecified() && !a.IsLoopback() && !a.IsMulticast() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
@@ -164,7 +185,7 @@ func dnsLabel(s string) bool { return catalog.ValidName(s) }
 
 func (e Export) equal(o Export) bool {
 	return e.Namespace == o.Namespace && e.Name == o.Name && e.ClusterIP == o.ClusterIP &&
-		e.Headless == o.Headless && e.Ready == o.Ready &&
+		e.Headless == o.Headless && e.Ready == o.Ready && e.Total == o.Total &&
 		slices.Equal(e.Ports, o.Ports) && slices.Equal(e.Endpoints, o.Endpoints)
 }
 

@@ -85,14 +85,14 @@ func TestExportOf(t *testing.T) {
 			},
 			want: Export{Namespace: "shop", Name: "web", ClusterIP: netip.MustParseAddr("10.96.0.10"),
 				Ports:     []Port{{Name: "http", Protocol: "TCP", Port: 80}, {Name: "dns", Protocol: "UDP", Port: 53}},
-				Endpoints: eps("10.0.1.2", "10.0.1.3", "10.0.1.4"), Ready: 3},
+				Endpoints: eps("10.0.1.2", "10.0.1.3", "10.0.1.4"), Ready: 3, Total: 4},
 		},
 		{
 			name:   "headless with hostnames",
 			svc:    service("db", corev1.ClusterIPNone, port("pg", corev1.ProtocolTCP, 5432)),
 			slices: []*discoveryv1.EndpointSlice{slice("db-x", discoveryv1.AddressTypeIPv4, "db-1=10.0.2.2", "db-0=10.0.2.1", "db-2=10.0.2.3!")},
 			want: Export{Namespace: "shop", Name: "db", Headless: true, Ports: []Port{{Name: "pg", Protocol: "TCP", Port: 5432}},
-				Endpoints: eps("db-0=10.0.2.1", "db-1=10.0.2.2"), Ready: 2},
+				Endpoints: eps("db-0=10.0.2.1", "db-1=10.0.2.2"), Ready: 2, Total: 3},
 		},
 		{
 			name: "headless without ports or endpoints",

@@ -268,9 +268,9 @@ func TestExports(t *testing.T) {
 	closes(t, "two new exports", ch)
 	wantWeb := Export{Namespace: "shop", Name: "web", ClusterIP: netip.MustParseAddr(web.Spec.ClusterIP),
 		Ports:     []Port{{Name: "http", Protocol: "TCP", Port: 80}, {Name: "dns", Protocol: "UDP", Port: 53}},
-		Endpoints: eps("10.0.1.1", "10.0.1.3"), Ready: 2}
+		Endpoints: eps("10.0.1.1", "10.0.1.3"), Ready: 2, Total: 3}
 	wantDB := Export{Namespace: "shop", Name: "db", Headless: true, Ports: []Port{{Name: "pg", Protocol: "TCP", Port: 5432}},
-		Endpoints: eps("db-0=10.0.2.1", "db-1=10.0.2.2"), Ready: 2}
+		Endpoints: eps("db-0=10.0.2.1", "db-1=10.0.2.2"), Ready: 2, Total: 2}
 	eventually(t, "exports", func() (bool, string) {
 		got := e.src.Exports()
 		return len(got) == 2 && got[0].equal(wantDB) && got[1].equal(wantWeb), fmt.Sprintf("%+v", got)

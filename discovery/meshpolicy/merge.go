@@ -59,19 +59,30 @@ func Merge(services []DeclaredService, policies []DeclaredPolicy) Set {
 		s.Services = append(s.Services, win)
 		i = j
 	}
+	// A VIP two services claim goes to a written one before an
+	// allocated one (its owner moves an allocated VIP that clashes),
+	// then to the first name.
 	holder := map[netip.Addr]string{}
-	s.Services = slices.DeleteFunc(s.Services, func(g DeclaredService) bool {
-		if !g.VIP.IsValid() {
-			s.Problems = append(s.Problems, fmt.Sprintf("global service %s (declared by %s) has no VIP yet: %s's gateway has not allocated one", g.Key(), g.Owner, g.Owner))
-			return true
+	drop := map[string]bool{}
+	for _, written := range []bool{true, false} {
+		for _, g := range s.Services {
+			if g.Allocated == written {
+				continue
+			}
+			if !g.VIP.IsValid() {
+				s.Problems = append(s.Problems, fmt.Sprintf("global service %s (declared by %s) has no VIP yet: %s's gateway has not allocated one", g.Key(), g.Owner, g.Owner))
+				drop[g.Key()] = true
+				continue
+			}
+			if h, taken := holder[g.VIP]; taken {
+				s.Problems = append(s.Problems, fmt.Sprintf("global service %s (declared by %s) has VIP %s, which %s already has: left out; give it another vip", g.Key(), g.Owner, g.VIP, h))
+				drop[g.Key()] = true
+				continue
+			}
+			holder[g.VIP] = g.Key()
 		}
-		if h, taken := holder[g.VIP]; taken {
-			s.Problems = append(s.Problems, fmt.Sprintf("global service %s (declared by %s) has VIP %s, which %s already has: left out; give it another vip", g.Key(), g.Owner, g.VIP, h))
-			return true
-		}
-		holder[g.VIP] = g.Key()
-		return false
-	})
+	}
+	s.Services = slices.DeleteFunc(s.Services, func(g DeclaredService) bool { return drop[g.Key()] })
 	slices.SortStableFunc(policies, func(a, b DeclaredPolicy) int {
 		return cmp.Or(cmp.Compare(a.Name, b.Name), byOwner(a.Owner, b.Owner))
 	})

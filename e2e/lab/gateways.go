@@ -608,7 +608,9 @@ func (l *Lab) waitBalanced(ctx context.Context, timeout time.Duration) error {
 					for _, s := range st.LoadBalancer.Services {
 						if s.Name == g.Namespace+"/"+g.Name {
 							for _, b := range s.Backends {
-								if b.Serving {
+								// Checked: a first check before the pod's
+								// server was up has been overcome.
+								if b.Serving && b.Checked {
 									serving++
 								}
 							}

@@ -45,8 +45,9 @@ type Instance struct {
 	// Ready and Total count the instance's backends (Total 0: as many
 	// as are ready).
 	Ready, Total int
-	// Healthy is the health check's verdict (true when not checked).
-	Healthy bool
+	// Healthy is the health check's verdict (true when not checked);
+	// Checked says there is one.
+	Healthy, Checked bool
 }
 
 // PortKey is a protocol (6, 17) and a port.
@@ -349,6 +350,23 @@ func Gone(prev, next []Service) []VIPBackend {
 	slices.SortFunc(out, func(a, b VIPBackend) int {
 		return cmp.Or(a.VIP.Compare(b.VIP), a.Backend.Compare(b.Backend))
 	})
+	return out
+}
+
+// NotServing lists the (VIP, backend address) pairs of a plan whose
+// backend does not serve: after a start, what may still have connections
+// from before.
+func NotServing(plan []Service) []VIPBackend {
+	var out []VIPBackend
+	for _, s := range plan {
+		for _, g := range s.Groups {
+			for _, b := range g.Backends {
+				if !b.Serving && !slices.Contains(out, VIPBackend{s.VIP, b.Addr}) {
+					out = append(out, VIPBackend{s.VIP, b.Addr})
+				}
+			}
+		}
+	}
 	return out
 }
 

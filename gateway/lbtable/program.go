@@ -63,7 +63,8 @@ const maxTables = 1 << 15
 // health change rewrites only the entries that move. The zero value is
 // ready.
 type IDs struct {
-	ids map[VIPPort]uint32
+	ids  map[VIPPort]uint32
+	size int // the table size the IDs were given for
 }
 
 // Compile turns the plan into the table's program. ids keeps table IDs
@@ -71,8 +72,10 @@ type IDs struct {
 func Compile(tunnel string, vipRange netip.Prefix, size int, svcs []lb.Service, ids *IDs) (Program, error) {
 	p := Program{Tunnel: tunnel, VIPRange: vipRange, TableSize: size,
 		Ports: map[VIPPort]uint32{}, Tables: map[uint32][]netip.AddrPort{}}
-	if ids.ids == nil {
-		ids.ids = map[VIPPort]uint32{}
+	if ids.ids == nil || ids.size != size {
+		// Another size is a whole new table: IDs start over, and
+		// each one's entries (ID*size on) must fit 32 bits.
+		ids.ids, ids.size = map[VIPPort]uint32{}, size
 	}
 	type port struct {
 		vp VIPPort
@@ -111,7 +114,7 @@ func Compile(tunnel string, vipRange netip.Prefix, size int, svcs []lb.Service, 
 			for next++; used[next]; next++ {
 			}
 			if next >= maxTables || uint64(next+1)*uint64(size) > 1<<32 {
-				return Program{}, fmt.Errorf("lbtable: more than %d VIP ports", next-1)
+				return Program{}, fmt.Errorf("lbtable: %d VIP ports of %d-entry tables do not fit: fewer ports, or a smaller loadBalancer.tableSize", len(ports), size)
 			}
 			id, used[next] = next, true
 			ids.ids[pt.vp] = id

@@ -178,7 +178,7 @@ func TestBalanceFailOverRefuse(t *testing.T) {
 	// Connections spread over both backends; the local one sees the
 	// gateway (masquerade), the remote one, behind the tunnel, the client.
 	seen := map[string]int{}
-	var held *conn
+	var held, heldLocal *conn
 	for range 40 {
 		c, hello, err := r.dial(t)
 		if err != nil {
@@ -187,6 +187,10 @@ func TestBalanceFailOverRefuse(t *testing.T) {
 		seen[hello]++
 		if strings.HasPrefix(hello, "remote") && held == nil {
 			held = c
+			continue
+		}
+		if strings.HasPrefix(hello, "local") && heldLocal == nil {
+			heldLocal = c
 			continue
 		}
 		c.c.Close()
@@ -210,8 +214,12 @@ func TestBalanceFailOverRefuse(t *testing.T) {
 	if len(gone) != 1 || gone[0].Backend != a("10.9.4.2") {
 		t.Fatalf("gone = %v, want the local backend", gone)
 	}
-	if _, err := r.tab.Flush(gone); err != nil {
+	n, err := r.tab.Flush(gone)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if n < 1 {
+		t.Fatalf("flushed %d conntrack entries; the connection held to the local backend had one", n)
 	}
 	r.verified(t)
 	for range 20 {
@@ -226,6 +234,12 @@ func TestBalanceFailOverRefuse(t *testing.T) {
 	}
 	if got, err := held.echo("still"); err != nil || got != "remote still" {
 		t.Fatalf("held connection to the remote backend: %q, %v", got, err)
+	}
+	// The one held to the failed backend has no translation left: its
+	// next segment is a new connection's first, which the new backend
+	// resets.
+	if got, err := heldLocal.echo("still"); err == nil {
+		t.Fatalf("the connection held to the failed local backend still answers: %q", got)
 	}
 
 	// Nothing serves: TCP is refused at once with a reset.

@@ -89,6 +89,11 @@ type Config struct {
 	// untranslated.
 	Mesh  netip.Prefix
 	Peers []Peer
+	// Routes are more prefixes routed into the device although no peer
+	// claims them: the VIP range at a load-balancing gateway, whose
+	// connections are translated before routing, and refused in
+	// forwarding when they are not (rather than unreachable).
+	Routes []netip.Prefix
 }
 
 // Peer is one remote site.
@@ -269,7 +274,7 @@ func (e *Engine) Apply(ctx context.Context, cfg Config) error {
 		}
 		mtu = tunnelMTU(underlay, anyIPv6)
 	}
-	var routes []netip.Prefix
+	routes := slices.Clone(cfg.Routes)
 	for _, p := range cfg.Peers {
 		routes = append(routes, p.AllowedIPs...)
 	}
