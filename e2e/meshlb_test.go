@@ -302,3 +302,55 @@ func TestGlobalServiceAndFirewall(t *testing.T) {
 		return nil
 	})
 }
+
+// TestHubBalancer sets onprem aside to balance for the whole mesh: cloud-b's
+// pods reach the VIP through onprem, which spreads them over cloud-a's and
+// cloud-b's instances and masquerades them, and enforces the policies on
+// them: a policy keeps cloud-b's pods from web while cloud-a's still reach
+// it through the hub.
+func TestHubBalancer(t *testing.T) {
+	t.Parallel()
+	l := newLabWith(t, lab.Merger(), lab.Options{Discovery: true, VIPRange: netip.MustParsePrefix("242.255.0.0/24"), Hub: "onprem"})
+	st := status(t, l, "cloud-b")
+	if st.LoadBalancer == nil || st.LoadBalancer.Hub != "onprem" || len(st.LoadBalancer.Services) != 0 {
+		t.Fatalf("cloud-b balances itself: %+v", st.LoadBalancer)
+	}
+	web, ok := lbService(status(t, l, "onprem"), "default/web")
+	if !ok {
+		t.Fatal("onprem does not balance default/web")
+	}
+	vip := netip.AddrPortFrom(web.VIP, lab.ServePort)
+	hubAddr := l.Topology.Sites[2].Block.Addr().Next() // onprem's tunnel address
+	seen := map[string]int{}
+	for range 30 {
+		rep, err := lab.Request(context.Background(), l.MustHost("cloud-b-pod1"), vip, "tcp", 2*time.Second)
+		if err != nil {
+			t.Fatalf("cloud-b to the VIP through the hub: %v", err)
+		}
+		if rep.Peer.Addr() != hubAddr {
+			t.Fatalf("%s saw the connection from %s; the hub masquerades as %s", rep.Name, rep.Peer.Addr(), hubAddr)
+		}
+		seen[rep.Name]++
+	}
+	t.Logf("30 connections from cloud-b through the hub: %v", seen)
+	if seen["cloud-a-pod1"] == 0 || seen["cloud-b-pod1"] == 0 {
+		t.Fatalf("want both instances: %v", seen)
+	}
+	policy := meshpolicy.Policy{Name: "web-not-for-b", Rules: []meshpolicy.Rule{{Action: meshpolicy.Deny,
+		From: []meshpolicy.Source{{Cluster: "cloud-b"}}, To: []meshpolicy.Destination{{Namespace: "default", Service: "web"}}}}}
+	if err := l.EditSiteFile("cloud-a", func(d *lab.SiteDoc) { d.FirewallPolicies = []meshpolicy.Policy{policy} }); err != nil {
+		t.Fatal(err)
+	}
+	nstest.Eventually(t, 15*time.Second, "the hub refusing cloud-b at the VIP", func() error {
+		_, err := lab.Request(context.Background(), l.MustHost("cloud-b-pod1"), vip, "tcp", time.Second)
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("cloud-b to the VIP: %v, want connection refused", err)
+		}
+		return nil
+	})
+	for range 10 {
+		if _, err := lab.Request(context.Background(), l.MustHost("cloud-a-pod1"), vip, "tcp", 2*time.Second); err != nil {
+			t.Fatalf("cloud-a to the VIP through the hub, with the policy in place: %v", err)
+		}
+	}
+}

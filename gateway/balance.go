@@ -66,7 +66,9 @@ type balancer struct {
 
 // LBStatus is the load balancer as the gateway serves it.
 type LBStatus struct {
-	VIPRange  string            `json:"vipRange,omitempty"`
+	VIPRange string `json:"vipRange,omitempty"`
+	// Hub is the site that balances for the mesh, if one does.
+	Hub       string            `json:"hub,omitempty"`
 	Services  []LBService       `json:"services"`
 	Health    map[string]Health `json:"health,omitempty"`
 	Balanced  uint64            `json:"balanced"`
@@ -372,7 +374,7 @@ func (g *Gateway) syncLB(want desired, snap catalog.Snapshot, set meshpolicy.Set
 	}
 	locals := localServices(want.services)
 	b.checker.Set(checks(set, locals))
-	if want.lb == nil {
+	if !want.lb.Balances(snap.Self) {
 		// Also a table left from before a restart.
 		if b.applied || !b.cleared {
 			if err := b.tab.Remove(); err != nil {
@@ -380,7 +382,10 @@ func (g *Gateway) syncLB(want desired, snap catalog.Snapshot, set meshpolicy.Set
 			}
 			b.applied, b.cleared, b.plan, b.lastInput = false, true, nil, ""
 		}
-		if len(set.Services) > 0 {
+		switch {
+		case want.lb != nil:
+			return &LBStatus{VIPRange: want.lb.VIPRange.String(), Hub: want.lb.Hub}, nil
+		case len(set.Services) > 0:
 			return &LBStatus{Problems: []string{"global services are declared, but the mesh file has no loadBalancer section: this gateway does not serve them"}}, nil
 		}
 		return nil, nil
@@ -439,7 +444,7 @@ func (g *Gateway) syncLB(want desired, snap catalog.Snapshot, set meshpolicy.Set
 		b.plan, b.problems, b.applied, b.cleared, b.lastInput = plan, problems, true, true, key
 	}
 	plan, problems := b.plan, b.problems
-	status := &LBStatus{VIPRange: want.lb.VIPRange.String(), Problems: problems, Flushed: b.flushed, UpdatedAt: g.opts.Now(), Health: map[string]Health{}}
+	status := &LBStatus{VIPRange: want.lb.VIPRange.String(), Hub: want.lb.Hub, Problems: problems, Flushed: b.flushed, UpdatedAt: g.opts.Now(), Health: map[string]Health{}}
 	for _, s := range plan {
 		ls := LBService{Name: s.Key, VIP: s.VIP}
 		for _, grp := range s.Groups {

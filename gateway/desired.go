@@ -104,19 +104,37 @@ func derive(m *meshconf.Mesh, sc *siteconf.Config, self string, key wgtypes.Key,
 		egressRules:    sc.Rules(),
 	}
 	var peers []natpool.Site
+	lb := m.LoadBalancer
+	hubFound := false
 	for _, p := range m.Peers(self) {
 		peers = append(peers, p.Plan())
+		allowed := natpool.RoutedTo(me.Plan(), p.Plan())
+		if lb != nil && lb.Hub == p.Name && lb.VIPRange.IsValid() {
+			// The hub balances: the VIPs are reached through it.
+			allowed = append(allowed, lb.VIPRange)
+			hubFound = true
+		}
 		d.tunnel.Peers = append(d.tunnel.Peers, tunnel.Peer{
 			Name:                p.Name,
 			PublicKey:           p.PublicKey,
 			Endpoint:            p.Endpoint,
-			AllowedIPs:          natpool.RoutedTo(me.Plan(), p.Plan()),
+			AllowedIPs:          allowed,
 			PersistentKeepalive: p.PersistentKeepalive,
 		})
 	}
 	d.translated = natpool.TranslatedDestinations(me.Plan(), peers)
-	if m.LoadBalancer != nil && m.LoadBalancer.VIPRange.IsValid() {
-		d.tunnel.Routes = []netip.Prefix{m.LoadBalancer.VIPRange}
+	switch {
+	case lb == nil || !lb.VIPRange.IsValid():
+	case lb.Balances(self):
+		d.tunnel.Routes = []netip.Prefix{lb.VIPRange}
+	case hubFound:
+		// Clients' connections to the hub leave as this site's egress
+		// addresses where they would be translated toward the hub.
+		if hub, ok := m.Site(lb.Hub); ok && !natpool.RealPath(me.Plan(), hub.Plan()) {
+			d.translated = append(d.translated, lb.VIPRange)
+		}
+	default:
+		d.problems = append(d.problems, fmt.Sprintf("loadBalancer.hub %q is not a site of the mesh (yet): the VIPs are unreachable from here", lb.Hub))
 	}
 	d.pairs = natpool.Matrix(m.Plan())
 	for _, s := range sc.Services {

@@ -3,6 +3,7 @@ package gateway
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -149,5 +150,69 @@ func TestDeriveRefuses(t *testing.T) {
 	bad := mustSite(t, "pools: [{name: ingress, kind: ingress, cidr: 242.9.0.0/24}]")
 	if _, err := derive(m, bad, "cloud-b", k[1], "wg0", 0); err == nil || !strings.Contains(err.Error(), "outside the site's block 242.1.0.0/16") {
 		t.Errorf("pool outside the block: %v", err)
+	}
+}
+
+// TestDeriveLoadBalancer: a balancing gateway routes the VIP range into
+// its tunnel (to refuse what it does not balance); with a hub, the others
+// reach the VIPs through the hub's peer, translated where the path to the
+// hub is.
+func TestDeriveLoadBalancer(t *testing.T) {
+	k := keys(t, 3)
+	sc := mustSite(t, siteText)
+	parse := func(section string) *meshconf.Mesh {
+		m, err := meshconf.Parse("mesh.yaml", []byte(section+meshText(k, "0s")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	vips := netip.MustParsePrefix("242.255.0.0/24")
+	allowed := func(d desired, peer string) []netip.Prefix {
+		for _, p := range d.tunnel.Peers {
+			if p.Name == peer {
+				return p.AllowedIPs
+			}
+		}
+		return nil
+	}
+	has := func(ps []netip.Prefix) bool { return slices.Contains(ps, vips) }
+
+	d, err := derive(parse("loadBalancer: {vipRange: 242.255.0.0/24}\n"), sc, "cloud-b", k[1], "wg0", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !has(d.tunnel.Routes) || has(allowed(d, "branch")) || has(d.translated) {
+		t.Errorf("every gateway balancing: routes %v, branch allowed %v, translated %v", d.tunnel.Routes, allowed(d, "branch"), d.translated)
+	}
+	hub := parse("loadBalancer: {vipRange: 242.255.0.0/24, hub: branch}\n")
+	d, err = derive(hub, sc, "cloud-b", k[1], "wg0", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if has(d.tunnel.Routes) || !has(allowed(d, "branch")) || has(allowed(d, "cloud-a")) || !has(d.translated) {
+		t.Errorf("cloud-b with hub branch: routes %v, branch allowed %v, translated %v", d.tunnel.Routes, allowed(d, "branch"), d.translated)
+	}
+	// cloud-a reaches branch on a real path: no translation to the hub.
+	d, err = derive(hub, sc, "cloud-a", k[0], "wg0", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !has(allowed(d, "branch")) || has(d.translated) {
+		t.Errorf("cloud-a with hub branch: branch allowed %v, translated %v", allowed(d, "branch"), d.translated)
+	}
+	d, err = derive(hub, siteconf.Empty(), "branch", k[2], "wg0", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !has(d.tunnel.Routes) {
+		t.Errorf("the hub does not route the VIP range: %v", d.tunnel.Routes)
+	}
+	d, err = derive(parse("loadBalancer: {vipRange: 242.255.0.0/24, hub: nowhere}\n"), sc, "cloud-b", k[1], "wg0", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.Join(d.problems, "\n"), `loadBalancer.hub "nowhere" is not a site`) {
+		t.Errorf("unknown hub: problems %v", d.problems)
 	}
 }

@@ -96,6 +96,28 @@ func firewallInput(want desired, snap catalog.Snapshot, set meshpolicy.Set, self
 		}
 		in.Services = append(in.Services, fs)
 	}
+	// A hub balances other sites' clients over other sites' instances:
+	// their connections pass it on the way, and it is the last to see
+	// where they come from (it masquerades them). So it enforces the
+	// policies on them, as if the instances were its own.
+	if lb := want.lb; lb != nil && lb.Hub == self {
+		global := map[string]bool{}
+		for _, g := range set.Services {
+			global[g.Key()] = true
+		}
+		for _, cs := range snap.Services {
+			if !global[cs.Namespace+"/"+cs.Name] || cs.Cluster == self || cs.Headless || !snap.Alive[cs.Cluster] {
+				continue
+			}
+			fs := firewall.Service{Namespace: cs.Namespace, Name: cs.Name, Backend: cs.Addr}
+			for _, p := range cs.Ports {
+				if pr := protoNumber(p.Protocol); pr != 0 {
+					fs.Ports = append(fs.Ports, firewall.ServicePort{Proto: pr, Port: p.Port, TargetPort: p.Port})
+				}
+			}
+			in.Services = append(in.Services, fs)
+		}
+	}
 	return in
 }
 

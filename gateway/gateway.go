@@ -371,7 +371,7 @@ func parseConfig(opts Options, key wgtypes.Key, meshData, siteData []byte, in in
 	if err != nil {
 		return desired{}, h, fmt.Errorf("%s: %w", opts.MeshFile, err)
 	}
-	want.problems = problems
+	want.problems = append(problems, want.problems...)
 	addExports(&want, in.Exports)
 	addDeclared(&want, in)
 	want.meshData, want.siteData = meshData, siteData

@@ -36,6 +36,7 @@ type MeshDoc struct {
 // LoadBalancerDoc is the loadBalancer section of a mesh file.
 type LoadBalancerDoc struct {
 	VIPRange string `yaml:"vipRange" json:"vipRange"`
+	Hub      string `yaml:"hub,omitempty" json:"hub,omitempty"`
 }
 
 // MeshSite is one site of a MeshDoc.
@@ -78,7 +79,7 @@ func (l *Lab) WriteMeshRaw(data []byte) error {
 func (l *Lab) startGateways(ctx context.Context) error {
 	doc := MeshDoc{GlobalCIDR: l.Topology.GlobalCIDR.String()}
 	if l.VIPRange.IsValid() {
-		doc.LoadBalancer = &LoadBalancerDoc{VIPRange: l.VIPRange.String()}
+		doc.LoadBalancer = &LoadBalancerDoc{VIPRange: l.VIPRange.String(), Hub: l.Hub}
 	}
 	for _, s := range l.Topology.Sites {
 		dir := filepath.Join(l.Dir, s.Name)
@@ -590,14 +591,14 @@ func (l *Lab) readAllocations(ctx context.Context) error {
 func (l *Lab) GatewayLog(site string) string { return filepath.Join(l.Dir, site, "gateway.log") }
 
 // waitBalanced waits, where the lab has a VIP range, until every strait
-// gateway balances each global service over all its pods.
+// gateway (or the hub) balances each global service over all its pods.
 func (l *Lab) waitBalanced(ctx context.Context, timeout time.Duration) error {
 	if !l.VIPRange.IsValid() || len(l.Topology.GlobalServices) == 0 || !l.Discovery {
 		return nil
 	}
 	deadline := time.Now().Add(timeout)
 	for _, h := range l.Hosts {
-		if h.Role != RoleGateway {
+		if h.Role != RoleGateway || (l.Hub != "" && h.Site != l.Hub) {
 			continue
 		}
 		for _, g := range l.Topology.GlobalServices {

@@ -51,8 +51,10 @@ type Options struct {
 	// gateways start (to reach services into the namespaces).
 	BeforeGateways func(*Lab) error
 	// VIPRange, when valid, gives the mesh files a loadBalancer section:
-	// the gateways balance global services with VIPs from it.
+	// the gateways balance global services with VIPs from it; Hub, when
+	// set, is the one site that balances for all.
 	VIPRange netip.Prefix
+	Hub      string
 }
 
 // Lab is a lab that is up. Its exported fields are saved in lab.json, so
@@ -82,6 +84,7 @@ type Lab struct {
 	Kubeconfigs map[string]string `json:"kubeconfigs,omitempty"`
 	// VIPRange is the mesh's VIP range, if the gateways balance.
 	VIPRange netip.Prefix `json:"vipRange,omitzero"`
+	Hub      string       `json:"hub,omitempty"`
 
 	beforeGateways func(*Lab) error
 
@@ -130,7 +133,7 @@ func Up(ctx context.Context, t Topology, o Options) (_ *Lab, err error) {
 		}
 	}
 	l := &Lab{Run: o.Run, Dir: filepath.Join(o.Dir, o.Run), Topology: t, Hosts: hosts, DerivedBlocks: derived, log: o.Log,
-		Discovery: o.Discovery, Kubeconfigs: o.Kubeconfigs, beforeGateways: o.BeforeGateways, VIPRange: o.VIPRange}
+		Discovery: o.Discovery, Kubeconfigs: o.Kubeconfigs, beforeGateways: o.BeforeGateways, VIPRange: o.VIPRange, Hub: o.Hub}
 	l.Bins.Gateway, l.Bins.Strait, l.Bins.WireGuard, l.Bins.WireGuardGo = o.GatewayBin, o.StraitBin, o.WireGuard, o.WireGuardGo
 	l.Bins.Interval = o.Interval.String()
 	defer func() {

@@ -32,7 +32,7 @@ const (
 	ctrBalanced = "balanced"  // new connections DNATed
 	ctrRefused  = "refused"   // connections to a VIP refused
 	hashSeed    = 0x5157a17   // the same on every gateway
-	version     = 3           // changes whenever rules compiles to different rules
+	version     = 4           // changes whenever rules compiles to different rules
 	objCounter  = 1           // NFT_OBJECT_COUNTER
 	regHashIn   = 8           // saddr, sport, daddr, dport: 32-bit registers 8..11
 	regNATAddr  = 1           // the 16-byte register 1: address, then port in 32-bit register 9
@@ -410,15 +410,15 @@ func rules(tunnel string, size int, ids []uint32, ss map[string]*nftables.Set) [
 				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: regHashIn + 2},
 				&expr.Lookup{SourceRegister: regHashIn, DestRegister: 0, IsDestRegSet: true, SetName: mapPorts},
 			}},
+		{Chain: "postrouting", Comment: "balanced for another site (a hub): clear the mark, masquerade, so that replies come back",
+			Exprs: slices.Concat(
+				nftx.MatchIfname(expr.MetaKeyIIFNAME, tunnel),
+				takeMark(),
+				[]expr.Any{&expr.Masq{}},
+			)},
 		{Chain: "postrouting", Comment: "balanced: clear the mark; to a backend of this site, masquerade, so that replies come back",
 			Exprs: slices.Concat(
-				[]expr.Any{
-					&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-					&expr.Bitwise{SourceRegister: 1, DestRegister: 2, Len: 4, Mask: nftx.U32(Mark), Xor: nftx.U32(0)},
-					&expr.Cmp{Op: expr.CmpOpEq, Register: 2, Data: nftx.U32(Mark)},
-					&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: nftx.U32(^uint32(Mark)), Xor: nftx.U32(0)},
-					&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
-				},
+				takeMark(),
 				nftx.NotIfname(expr.MetaKeyOIFNAME, tunnel),
 				[]expr.Any{&expr.Masq{}},
 			)},
@@ -440,6 +440,17 @@ func rules(tunnel string, size int, ids []uint32, ss map[string]*nftables.Set) [
 	}
 	nftx.Finish(out, ss, version)
 	return out
+}
+
+// takeMark matches a packet that carries Mark, and clears it.
+func takeMark() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 2, Len: 4, Mask: nftx.U32(Mark), Xor: nftx.U32(0)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 2, Data: nftx.U32(Mark)},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: nftx.U32(^uint32(Mark)), Xor: nftx.U32(0)},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+	}
 }
 
 // portRule balances one VIP port over its Maglev table: it marks the

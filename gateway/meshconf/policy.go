@@ -21,6 +21,11 @@ type LoadBalancer struct {
 	// TableSize is the Maglev table size, a prime; default 65537. Each
 	// global service port takes that many elements in the kernel.
 	TableSize int
+	// Hub, when set, is the site set aside to balance for the whole
+	// mesh: the other gateways route the VIP range to it instead of
+	// balancing themselves. Empty: every gateway balances for its own
+	// site's clients.
+	Hub string
 }
 
 // DefaultTableSize is the Maglev table size unless configured.
@@ -35,7 +40,7 @@ type Firewall struct {
 
 func (d *decoder) loadBalancer(n *yaml.Node, m *Mesh) *LoadBalancer {
 	const field = "loadBalancer"
-	f := d.Fields(n, field, "vipRange", "tableSize")
+	f := d.Fields(n, field, "vipRange", "tableSize", "hub")
 	if f == nil {
 		return nil
 	}
@@ -53,6 +58,15 @@ func (d *decoder) loadBalancer(n *yaml.Node, m *Mesh) *LoadBalancer {
 			d.Fail(v, field+".vipRange", "%s is too small: want at most /30", p)
 		default:
 			lb.VIPRange = p
+		}
+	}
+	if v := f["hub"]; v != nil {
+		if s, ok := d.Scalar(v, field+".hub"); ok {
+			if len(s) > 63 || !nameRE.MatchString(s) {
+				d.Fail(v, field+".hub", "%q is not a site name", s)
+			} else {
+				lb.Hub = s
+			}
 		}
 	}
 	if v := f["tableSize"]; v != nil {
@@ -109,6 +123,12 @@ func isPrime(n int) bool {
 		}
 	}
 	return true
+}
+
+// Balances says whether the gateway of site self balances global
+// services: with a hub, only the hub does.
+func (lb *LoadBalancer) Balances(self string) bool {
+	return lb != nil && (lb.Hub == "" || lb.Hub == self)
 }
 
 // vipConflict says why a learned site's block cannot be taken with the

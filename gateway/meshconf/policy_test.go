@@ -28,6 +28,16 @@ func TestParseLoadBalancerAndFirewall(t *testing.T) {
 	if m.Firewall == nil || m.Firewall.DefaultAction != meshpolicy.Deny {
 		t.Fatalf("firewall = %+v", m.Firewall)
 	}
+	if !m.LoadBalancer.Balances("cloud-a") {
+		t.Error("without a hub, every gateway balances")
+	}
+	m, err = Parse("mesh.yaml", []byte(withSections("loadBalancer: {vipRange: 242.255.0.0/24, hub: onprem}")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.LoadBalancer.Hub != "onprem" || m.LoadBalancer.Balances("cloud-a") || !m.LoadBalancer.Balances("onprem") {
+		t.Fatalf("hub: %+v", m.LoadBalancer)
+	}
 	m, err = Parse("mesh.yaml", []byte(withSections("loadBalancer:\n  vipRange: 242.255.0.0/24\nfirewall: {}")))
 	if err != nil {
 		t.Fatal(err)
@@ -44,6 +54,7 @@ func TestParseLoadBalancerRefuses(t *testing.T) {
 		{"over a block", "loadBalancer: {vipRange: 242.0.255.0/24}", "overlaps the block 242.0.0.0/16 of site cloud-a"},
 		{"too small", "loadBalancer: {vipRange: 242.255.0.0/31}", "too small"},
 		{"not prime", "loadBalancer: {vipRange: 242.255.0.0/24, tableSize: 65536}", "65536 is not prime"},
+		{"bad hub", "loadBalancer: {vipRange: 242.255.0.0/24, hub: On_Prem}", `loadBalancer.hub: "On_Prem" is not a site name`},
 		{"bad action", "firewall: {defaultAction: maybe}", `firewall.defaultAction: "maybe" is neither allow nor deny`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
