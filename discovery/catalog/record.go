@@ -392,22 +392,9 @@ func usableAddr(a netip.Addr) bool {
 	return a.Is4() && !a.IsUnspecified() && !a.IsMulticast() && !a.IsLoopback() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
 }
 
-// validName is a DNS label: what Kubernetes allows for namespaces, services
-// and port names, and strait for clusters.
-func validName(s string) bool {
-	if len(s) == 0 || len(s) > 63 {
-		return false
-	}
-	for i, c := range s {
-		switch {
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
-		case c == '-' && i > 0 && i < len(s)-1:
-		default:
-			return false
-		}
-	}
-	return true
-}
+// validName is a DNS label: what Kubernetes allows for namespaces,
+// services and port names, and strait for clusters.
+func validName(s string) bool { return meshpolicy.ValidName(s) }
 
 // Clock makes versions: milliseconds since the epoch in the upper bits and
 // a counter below, never going back even if the wall clock does (a hybrid

@@ -453,17 +453,23 @@ func linearChain(ns netns.NS, p nat.Program) error {
 		fmt.Fprintf(&b, "  iifname \"tun0\" ip daddr %s tcp dport %d dnat to %s:%d\n", s.Addr, s.Port, s.Backend, s.BackendPort)
 	}
 	b.WriteString(" }\n}\n")
+	return loadNft(ns, b.String())
+}
+
+// loadNft loads a ruleset with `nft -f` inside ns: the baseline of the
+// linear chains.
+func loadNft(ns netns.NS, ruleset string) error {
 	dir, err := os.MkdirTemp("", "strait-bench")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
 	path := filepath.Join(dir, "linear.nft")
-	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte(ruleset), 0o600); err != nil {
 		return err
 	}
 	if out, err := ns.Command("nft", "-f", path).CombinedOutput(); err != nil {
-		return fmt.Errorf("bench: load the linear chain: %v: %s", err, out)
+		return fmt.Errorf("bench: load a linear chain: %v: %s", err, out)
 	}
 	return nil
 }

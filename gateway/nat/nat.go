@@ -21,9 +21,7 @@
 package nat
 
 import (
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -31,7 +29,6 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
-	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
 
 	"github.com/straitnet/strait/gateway/internal/nftx"
@@ -220,7 +217,7 @@ func (t *Table) Sync(p Program) (SyncStats, error) {
 		if err := t.full(want); err != nil {
 			return st, err
 		}
-		if t.written, err = t.readRules(); err != nil {
+		if t.written, err = nftx.ReadRules(t.conn, table, chainSpecs, programVersion); err != nil {
 			return st, err
 		}
 	} else {
@@ -271,12 +268,9 @@ func (t *Table) full(s state) error {
 	}
 	chains := map[string]*nftables.Chain{}
 	for _, sp := range chainSpecs {
-		chains[sp.name] = c.AddChain(&nftables.Chain{Name: sp.name, Table: table, Type: sp.typ, Hooknum: sp.hook, Priority: sp.priority})
+		chains[sp.Name] = c.AddChain(&nftables.Chain{Name: sp.Name, Table: table, Type: sp.Type, Hooknum: sp.Hook, Priority: sp.Priority})
 	}
-	for _, ru := range rules(s.tunnel, ss) {
-		c.AddRule(&nftables.Rule{Table: table, Chain: chains[ru.chain], Exprs: ru.exprs,
-			UserData: userdata.AppendString(nil, userdata.TypeComment, ru.comment)})
-	}
+	nftx.AddRules(c, table, chains, rules(s.tunnel, ss))
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("nat: write table %s: %w", TableName, err)
 	}
@@ -432,33 +426,10 @@ func diffAddrs(name string, old, want map[netip.Addr]netip.Addr, add, del elemen
 	}
 }
 
-// chainSpec describes a base chain of the table.
-type chainSpec struct {
-	name     string
-	typ      nftables.ChainType
-	hook     *nftables.ChainHook
-	priority *nftables.ChainPriority
-}
-
-var chainSpecs = []chainSpec{
-	{"prerouting", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest},
-	{"postrouting", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource},
-	{"forward", nftables.ChainTypeFilter, nftables.ChainHookForward, nftables.ChainPriorityMangle},
-}
-
-// matches reports whether a chain read from the kernel is this spec.
-func (s chainSpec) matches(ch *nftables.Chain) bool {
-	return ch.Type == s.typ &&
-		ch.Hooknum != nil && *ch.Hooknum == *s.hook &&
-		ch.Priority != nil && *ch.Priority == *s.priority &&
-		(ch.Policy == nil || *ch.Policy == nftables.ChainPolicyAccept)
-}
-
-// rule is one rule of the table with the comment that names it.
-type rule struct {
-	chain   string
-	comment string
-	exprs   []expr.Any
+var chainSpecs = []nftx.ChainSpec{
+	{Name: "prerouting", Type: nftables.ChainTypeNAT, Hook: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest},
+	{Name: "postrouting", Type: nftables.ChainTypeNAT, Hook: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource},
+	{Name: "forward", Type: nftables.ChainTypeFilter, Hook: nftables.ChainHookForward, Priority: nftables.ChainPriorityMangle},
 }
 
 // programVersion changes whenever rules compiles to different rules, so
@@ -467,10 +438,10 @@ const programVersion = 3
 
 // rules are the table's rules. Each rule's comment says what it does and
 // ends with a digest of the whole rule, by which Verify recognises it.
-func rules(tunnel string, ss map[string]*nftables.Set) []rule {
-	out := []rule{
-		{chain: "prerouting", comment: "services: global address, protocol, port to backend",
-			exprs: slices.Concat(
+func rules(tunnel string, ss map[string]*nftables.Set) []nftx.Rule {
+	out := []nftx.Rule{
+		{Chain: "prerouting", Comment: "services: global address, protocol, port to backend",
+			Exprs: slices.Concat(
 				nftx.MatchIfname(expr.MetaKeyIIFNAME, tunnel),
 				[]expr.Any{
 					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: nftx.OffDaddr, Len: 4},
@@ -479,8 +450,8 @@ func rules(tunnel string, ss map[string]*nftables.Set) []rule {
 					&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: mapServices},
 					&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegAddrMax: 1, RegProtoMin: 9, RegProtoMax: 9, Specified: true},
 				})},
-		{chain: "prerouting", comment: "ping: a service address answers from its backend",
-			exprs: slices.Concat(
+		{Chain: "prerouting", Comment: "ping: a service address answers from its backend",
+			Exprs: slices.Concat(
 				nftx.MatchIfname(expr.MetaKeyIIFNAME, tunnel),
 				[]expr.Any{
 					&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
@@ -493,8 +464,8 @@ func rules(tunnel string, ss map[string]*nftables.Set) []rule {
 				})},
 	}
 	for _, m := range []struct{ set, what string }{{mapEgressPods, "pods"}, {mapEgressNets, "sources"}} {
-		out = append(out, rule{chain: "postrouting", comment: "egress: " + m.what + " to the address they leave as",
-			exprs: slices.Concat(
+		out = append(out, nftx.Rule{Chain: "postrouting", Comment: "egress: " + m.what + " to the address they leave as",
+			Exprs: slices.Concat(
 				nftx.MatchIfname(expr.MetaKeyOIFNAME, tunnel),
 				[]expr.Any{
 					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: nftx.OffDaddr, Len: 4},
@@ -504,33 +475,10 @@ func rules(tunnel string, ss map[string]*nftables.Set) []rule {
 					&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegAddrMax: 1},
 				})})
 	}
-	out = append(out, rule{chain: "forward", comment: "clamp TCP MSS to the tunnel MTU",
-		exprs: append(nftx.MatchIfname(expr.MetaKeyOIFNAME, tunnel), clampMSS()...)})
-	for i := range out {
-		// Lookups name their set; the set's ID is filled at marshal time.
-		for _, e := range out[i].exprs {
-			if l, ok := e.(*expr.Lookup); ok {
-				l.SetID = ss[l.SetName].ID
-			}
-		}
-		out[i].comment += " #" + digest(out[i])
-	}
+	out = append(out, nftx.Rule{Chain: "forward", Comment: "clamp TCP MSS to the tunnel MTU",
+		Exprs: append(nftx.MatchIfname(expr.MetaKeyOIFNAME, tunnel), clampMSS()...)})
+	nftx.Finish(out, ss, programVersion)
 	return out
-}
-
-// digest identifies a compiled rule: its chain and every expression.
-func digest(ru rule) string {
-	h := sha256.New()
-	fmt.Fprintf(h, "v%d %s", programVersion, ru.chain)
-	for _, e := range ru.exprs {
-		if l, ok := e.(*expr.Lookup); ok {
-			c := *l
-			c.SetID = 0 // differs from run to run
-			e = &c
-		}
-		fmt.Fprintf(h, " %T%+v", e, e)
-	}
-	return hex.EncodeToString(h.Sum(nil))[:8]
 }
 
 // Verify reports whether the kernel still holds what the last Sync wrote:
@@ -555,12 +503,12 @@ func (t *Table) verify(s state) (bool, error) {
 	if !nftx.Live(t.conn, table) {
 		return false, nil // gone or switched off
 	}
-	got, err := t.readRules()
+	got, err := nftx.ReadRules(t.conn, table, chainSpecs, programVersion)
 	if err != nil {
 		return false, nil
 	}
 	for _, sp := range chainSpecs {
-		if !slices.Equal(got[sp.name], t.written[sp.name]) {
+		if !slices.Equal(got[sp.Name], t.written[sp.Name]) {
 			return false, nil
 		}
 	}
@@ -580,39 +528,6 @@ func (t *Table) verify(s state) (bool, error) {
 		}
 	}
 	return true, nil
-}
-
-// readRules reads the table's chains and rules: for each chain, a line per
-// rule of its comment and a digest of its expressions as the kernel returns
-// them. A chain whose type, hook, priority or policy is not the spec's
-// reads as "wrong chain".
-func (t *Table) readRules() (map[string][]string, error) {
-	chains, err := t.conn.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
-	if err != nil {
-		return nil, fmt.Errorf("nat: list chains: %w", err)
-	}
-	out := map[string][]string{}
-	for _, ch := range chains {
-		if ch.Table.Name != TableName {
-			continue
-		}
-		i := slices.IndexFunc(chainSpecs, func(sp chainSpec) bool { return sp.name == ch.Name })
-		if i < 0 || !chainSpecs[i].matches(ch) {
-			out[ch.Name] = []string{"wrong chain"}
-			continue
-		}
-		rules, err := t.conn.GetRules(table, ch)
-		if err != nil {
-			return nil, fmt.Errorf("nat: list rules of %s: %w", ch.Name, err)
-		}
-		lines := []string{}
-		for _, r := range rules {
-			comment, _ := userdata.GetString(r.UserData, userdata.TypeComment)
-			lines = append(lines, comment+" | "+digest(rule{chain: ch.Name, exprs: r.Exprs}))
-		}
-		out[ch.Name] = lines
-	}
-	return out, nil
 }
 
 // Remove deletes the table, if it exists.
