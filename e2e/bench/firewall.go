@@ -23,7 +23,7 @@ func init() {
 			"last), against the same gateway with 10; also the same 10,000 rules as a linear nftables chain",
 		Flags: func(fs *flag.FlagSet, c *Config) {
 			fs.IntVar(&c.Size, "rules", 10000, "rules in the large firewall")
-			fs.IntVar(&c.Rounds, "rounds", 5, "rounds of 400 connections per setup")
+			fs.IntVar(&c.Rounds, "rounds", 10, "rounds of 400 connections per setup")
 		},
 		Run: runFirewall,
 	})
@@ -66,7 +66,9 @@ func firewallInput(n int) firewall.Input {
 		}
 		rules = append(rules, meshpolicy.Rule{Action: action,
 			From: []meshpolicy.Source{{Cluster: fmt.Sprintf("c%d", i%clusters), Namespace: fmt.Sprintf("ns%d", (i/clusters)%10)}},
-			To:   []meshpolicy.Destination{{Namespace: "bench", Service: fmt.Sprintf("svc%d", (i*7)%services)}}})
+			// Every rule a (source, service) pair of its own: 10,000
+			// distinct decisions, not a few repeated.
+			To: []meshpolicy.Destination{{Namespace: "bench", Service: fmt.Sprintf("svc%d", (i*7+i/1000)%services)}}})
 	}
 	rules = append(rules, meshpolicy.Rule{Name: "client-to-target", Action: meshpolicy.Allow,
 		From: []meshpolicy.Source{{Cluster: "client"}}, To: []meshpolicy.Destination{{Namespace: "bench", Service: "target"}}})
