@@ -42,6 +42,9 @@ func TestBenchmarksRun(t *testing.T) {
 		{name: "pod-throughput", rounds: 1},
 		// 100,000 flows, 3 removals, no 655,373-entry table.
 		{name: "lb", quick: true},
+		// 1,000 rules, one round: the compiled program, the table and
+		// the allowed connection still checked.
+		{name: "firewall", rounds: 1, size: 1000},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			nstest.RequireCommands(t, tt.needs...)
