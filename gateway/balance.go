@@ -3,6 +3,7 @@ package gateway
 import (
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
@@ -165,10 +166,29 @@ func (b *balancer) declare(want desired, snap catalog.Snapshot, allocate bool, n
 		key, owner string
 		allocated  bool
 	}
+	// Per VIP, the service that keeps it by Merge's rule: written before
+	// allocated, then the first name; among other clusters' declarations
+	// and this site's written VIPs.
 	held := map[netip.Addr]holder{}
+	keeps := func(a, b holder) bool {
+		if a.allocated != b.allocated {
+			return !a.allocated
+		}
+		return a.key < b.key
+	}
+	claim := func(ip netip.Addr, h holder) {
+		if cur, ok := held[ip]; !ok || keeps(h, cur) {
+			held[ip] = h
+		}
+	}
 	for _, d := range snap.GlobalServices {
 		if d.Owner != snap.Self && d.VIP.IsValid() {
-			held[d.VIP] = holder{d.Key(), d.Owner, d.Allocated}
+			claim(d.VIP, holder{d.Key(), d.Owner, d.Allocated})
+		}
+	}
+	for _, g := range want.globalServices {
+		if g.VIP.IsValid() {
+			claim(g.VIP, holder{g.Key(), snap.Self, false})
 		}
 	}
 	next, err := natpool.NewAllocator(rng, pools, b.vips.State(), natpool.DefaultHoldDown, now)
@@ -193,7 +213,7 @@ func (b *balancer) declare(want desired, snap catalog.Snapshot, allocate bool, n
 		// Another service has the same VIP, written, or allocated at
 		// the same time: a written one keeps it, else the first name,
 		// as Merge decides.
-		if h, clash := held[ip]; had && clash && h.key != g.Key() && (!h.allocated || h.key < g.Key()) {
+		if h, clash := held[ip]; had && clash && h.key != g.Key() && keeps(h, holder{g.Key(), snap.Self, true}) {
 			problems = append(problems, fmt.Sprintf("global service %s: its VIP %s is also %s's (declared by %s); allocating another", g.Key(), ip, h.key, h.owner))
 			next.Release(key)
 			had = false
@@ -515,6 +535,7 @@ func (g *Gateway) declare(want desired) meshDeclared {
 		settled := true
 		if g.disc != nil {
 			snap = g.disc.cat.Snapshot()
+			g.withRemembered(&snap, want)
 			settled = g.disc.settled()
 		}
 		mp.globalServices, problems = g.lb.declare(want, snap, settled, g.opts.Now)
@@ -544,7 +565,7 @@ func (g *Gateway) syncMesh(want desired) (lbErr, fwErr error) {
 		return nil, nil
 	}
 	snap := g.snapshot(g.lastDeclared)
-	g.withRemembered(&snap)
+	g.withRemembered(&snap, want)
 	set := meshpolicy.Merge(snap.GlobalServices, snap.Policies)
 	if g.disc != nil && g.disc.policy != nil {
 		g.disc.setPolicyStatus(objectStatus(g.lastDeclared, set, snap.Self))
@@ -615,23 +636,38 @@ type declarations struct {
 	Policies       []meshpolicy.DeclaredPolicy  `json:"policies,omitempty"`
 }
 
-// withRemembered adds to snap the declarations of clusters the catalog
-// does not know (yet), as last seen: a gateway that starts alone, or
-// whose peers are slow to answer, keeps enforcing the policies it
-// enforced, rather than failing open. The declarations of the clusters it
-// knows are saved for the next start when they change.
-func (g *Gateway) withRemembered(snap *catalog.Snapshot) {
-	if g.disc == nil {
+// loadDeclarations reads what other clusters declared, as last seen; none
+// if there is no file. A damaged file stops the start, named: without it a
+// gateway that starts alone would stop enforcing their policies.
+func loadDeclarations(path string) (*declarations, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return &declarations{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var d declarations
+	if err := json.Unmarshal(data, &d); err != nil {
+		return nil, fmt.Errorf("%s is damaged (%v): remove it to start from what the catalog brings (other clusters' policies are not enforced until it does)", path, err)
+	}
+	return &d, nil
+}
+
+// withRemembered adds to snap the declarations of clusters of the mesh
+// that the catalog does not know (yet), as last seen: a gateway that
+// starts alone, or whose peers are slow to answer, keeps enforcing the
+// policies it enforced, rather than failing open. Declarations of
+// clusters no longer in the mesh are forgotten. What the catalog shows
+// of the clusters it knows is saved for the next start when it changes.
+func (g *Gateway) withRemembered(snap *catalog.Snapshot, want desired) {
+	if g.disc == nil || g.remembered == nil {
 		return
 	}
-	path := filepath.Join(g.opts.StateDir, DeclarationsName)
-	if g.remembered == nil {
-		g.remembered = &declarations{}
-		if data, err := os.ReadFile(path); err == nil {
-			if err := json.Unmarshal(data, g.remembered); err != nil {
-				g.log.Warn("ignoring the saved declarations of other clusters", "file", path, "err", err)
-				g.remembered = &declarations{}
-			}
+	inMesh := map[string]bool{}
+	if want.mesh != nil {
+		for _, s := range want.mesh.Sites {
+			inMesh[s.Name] = true
 		}
 	}
 	var seen declarations
@@ -645,15 +681,18 @@ func (g *Gateway) withRemembered(snap *catalog.Snapshot) {
 			seen.Policies = append(seen.Policies, d)
 		}
 	}
-	known := func(owner string) bool { _, ok := snap.Clusters[owner]; return ok }
+	use := func(owner string) bool {
+		_, known := snap.Clusters[owner]
+		return !known && inMesh[owner] && owner != snap.Self
+	}
 	for _, d := range g.remembered.GlobalServices {
-		if !known(d.Owner) {
+		if use(d.Owner) {
 			snap.GlobalServices = append(snap.GlobalServices, d)
 			seen.GlobalServices = append(seen.GlobalServices, d)
 		}
 	}
 	for _, d := range g.remembered.Policies {
-		if !known(d.Owner) {
+		if use(d.Owner) {
 			snap.Policies = append(snap.Policies, d)
 			seen.Policies = append(seen.Policies, d)
 		}
@@ -661,6 +700,7 @@ func (g *Gateway) withRemembered(snap *catalog.Snapshot) {
 	before, _ := json.Marshal(g.remembered)
 	after, _ := json.Marshal(seen)
 	if string(before) != string(after) {
+		path := filepath.Join(g.opts.StateDir, DeclarationsName)
 		if err := atomicfile.Write(path, after, 0o600, false); err != nil {
 			g.log.Warn("saving other clusters' declarations", "file", path, "err", err)
 		}

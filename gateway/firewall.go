@@ -109,7 +109,7 @@ func firewallInput(want desired, snap catalog.Snapshot, set meshpolicy.Set, self
 			if !global[cs.Namespace+"/"+cs.Name] || cs.Cluster == self || cs.Headless || !snap.Alive[cs.Cluster] {
 				continue
 			}
-			fs := firewall.Service{Namespace: cs.Namespace, Name: cs.Name, Backend: cs.Addr}
+			fs := firewall.Service{Namespace: cs.Namespace, Name: cs.Name, Cluster: cs.Cluster, Backend: cs.Addr}
 			for _, p := range cs.Ports {
 				if pr := protoNumber(p.Protocol); pr != 0 {
 					fs.Ports = append(fs.Ports, firewall.ServicePort{Proto: pr, Port: p.Port, TargetPort: p.Port})

@@ -264,6 +264,13 @@ func Start(ctx context.Context, opts Options) (*Gateway, error) {
 		}
 		disc.remembered = in
 	}
+	var decl *declarations
+	if disc != nil {
+		if decl, err = loadDeclarations(filepath.Join(opts.StateDir, DeclarationsName)); err != nil {
+			disc.close()
+			return nil, fmt.Errorf("gateway: %w", err)
+		}
+	}
 	store := opts.Store
 	if store == nil {
 		store = &natpool.FileStore{Path: filepath.Join(opts.StateDir, AllocationsName), Site: opts.Site, Now: opts.Now}
@@ -286,7 +293,7 @@ func Start(ctx context.Context, opts Options) (*Gateway, error) {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	g := newGateway(opts, log, key, eng, tab, store)
-	g.disc, g.inputs = disc, in
+	g.disc, g.inputs, g.remembered = disc, in, decl
 	if err := g.openMeshTables(); err != nil {
 		g.Close()
 		return nil, fmt.Errorf("gateway: %w", err)

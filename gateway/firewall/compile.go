@@ -453,18 +453,28 @@ func serviceKey(sv Service, pt ServicePort) DestKey {
 	return DestKey{Addr: sv.Backend, Proto: pt.Proto, Port: port}
 }
 
+// clusterOf is the cluster a service is an instance of.
+func (c *compiler) clusterOf(sv Service) string {
+	if sv.Cluster != "" {
+		return sv.Cluster
+	}
+	return c.in.Self
+}
+
 // resolveDest returns the keys of one destination of a rule.
 func (c *compiler) resolveDest(ruleName string, d meshpolicy.Destination, byName map[string][]int) []DestKey {
-	if d.Cluster != "" && d.Cluster != c.in.Self {
-		return nil // enforced by d.Cluster's gateway
-	}
 	name := d.Namespace + "/" + d.Service
-	svcs := byName[name]
+	var svcs []int
+	for _, si := range byName[name] {
+		if d.Cluster == "" || d.Cluster == c.clusterOf(c.in.Services[si]) {
+			svcs = append(svcs, si)
+		}
+	}
 	if len(svcs) == 0 {
-		if d.Cluster != "" {
+		if d.Cluster == c.in.Self {
 			c.problems.add(ruleName, fmt.Sprintf("destination %s of cluster %s: %s has no such service", name, d.Cluster, d.Cluster))
 		}
-		return nil
+		return nil // elsewhere: enforced by d.Cluster's gateway
 	}
 	var out []DestKey
 	for _, si := range svcs {

@@ -103,6 +103,10 @@ type Egress struct {
 // Service is one of this gateway's services: the destination side.
 type Service struct {
 	Namespace, Name string
+	// Cluster is the cluster of the instance: "" for this gateway's own;
+	// another's at a hub, which enforces the policies on the connections
+	// it balances to other clusters' instances.
+	Cluster string
 	// Backend is where the gateway DNATs the service to; connections are
 	// matched after DNAT.
 	Backend netip.Addr

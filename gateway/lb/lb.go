@@ -250,14 +250,16 @@ func share(bs []Backend, g meshpolicy.GlobalService, self, region string) {
 // shareScale turns shares into Maglev weights.
 const shareScale = 1_000_000
 
-// prevGroup finds a service's group of the same ports in a previous plan.
+// prevGroup finds the group of a previous plan that held a service's
+// first port: the table that port's connections were spread by, whatever
+// ports joined or left the group since.
 func prevGroup(prev []Service, key string, ports []PortKey) *Group {
 	for _, s := range prev {
 		if s.Key != key {
 			continue
 		}
 		for i := range s.Groups {
-			if slices.Equal(s.Groups[i].Ports, ports) {
+			if slices.Contains(s.Groups[i].Ports, ports[0]) {
 				return &s.Groups[i]
 			}
 		}

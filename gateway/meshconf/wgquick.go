@@ -57,7 +57,11 @@ func WGQuick(m *Mesh, site, privateKeyFile string) (string, error) {
 		if p.Endpoint != "" {
 			fmt.Fprintf(&b, "Endpoint = %s\n", p.Endpoint)
 		}
-		fmt.Fprintf(&b, "AllowedIPs = %s\n", joinPrefixes(natpool.RoutedTo(s.Plan(), p.Plan())))
+		allowed := natpool.RoutedTo(s.Plan(), p.Plan())
+		if lb := m.LoadBalancer; lb != nil && lb.Hub == p.Name && lb.VIPRange.IsValid() {
+			allowed = append(allowed, lb.VIPRange) // the hub balances the VIPs
+		}
+		fmt.Fprintf(&b, "AllowedIPs = %s\n", joinPrefixes(allowed))
 	}
 	return b.String(), nil
 }
