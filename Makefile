@@ -69,7 +69,7 @@ demo: deps build
 	@echo "  $(BIN)/strait lab exec cloud-b-gw -- nft list table ip strait   cloud-b's translation"
 	@echo "  $(BIN)/strait lab exec cloud-b-gw -- conntrack -L        translated flows"
 	@echo "  $(BIN)/strait lab exec onprem-gw -- nft list table ip strait-lb   onprem's load balancer (Maglev tables)"
-	@echo "  $(BIN)/strait lab connect onprem-pod1 242.255.0.1         connections to the VIP, by backend"
+	@echo "  $(BIN)/strait lab connect onprem-pod1 242.255.0.187         connections to the VIP, by backend"
 	@echo "  $(BIN)/strait lab exec cloud-b-pod1 -- dig @172.31.0.1 cloud-a-pod1.default.svc.clusterset.local"
 	@echo "                                                          cloud-a's service, as cloud-b's gateway learned it"
 	@echo "  cat /run/strait/lab/demo/cloud-a/mesh.yaml               all a gateway is told; the rest comes from gossip"
