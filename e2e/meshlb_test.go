@@ -353,4 +353,34 @@ func TestHubBalancer(t *testing.T) {
 			t.Fatalf("cloud-a to the VIP through the hub, with the policy in place: %v", err)
 		}
 	}
+
+	// The hub goes down: the others balance their own clients meanwhile
+	// (cloud-b's first to its own instance), and route to the hub again
+	// once it is back.
+	if err := l.StopGateway("onprem"); err != nil {
+		t.Fatal(err)
+	}
+	nstest.Eventually(t, 20*time.Second, "cloud-b balancing itself while the hub is down", func() error {
+		if _, ok := lbService(status(t, l, "cloud-b"), "default/web"); !ok {
+			return fmt.Errorf("load balancer %+v", status(t, l, "cloud-b").LoadBalancer)
+		}
+		rep, err := lab.Request(context.Background(), l.MustHost("cloud-b-pod1"), vip, "tcp", time.Second)
+		if err != nil || rep.Name != "cloud-b-pod1" {
+			return fmt.Errorf("cloud-b to the VIP: %+v %v, want its own instance", rep, err)
+		}
+		return nil
+	})
+	if err := l.StartGateway("onprem"); err != nil {
+		t.Fatal(err)
+	}
+	nstest.Eventually(t, 30*time.Second, "cloud-b routing to the hub again", func() error {
+		if _, ok := lbService(status(t, l, "cloud-b"), "default/web"); ok {
+			return errors.New("cloud-b still balances itself")
+		}
+		_, err := lab.Request(context.Background(), l.MustHost("cloud-b-pod1"), vip, "tcp", time.Second)
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("cloud-b to the VIP: %v, want the hub's refusal again", err)
+		}
+		return nil
+	})
 }

@@ -184,6 +184,13 @@ func (ds *discovery) inputs() inputs {
 			in.Exports = remembered.Exports
 		}
 	}
+	if ds.settled() {
+		for _, name := range slices.Sorted(maps.Keys(snap.Clusters)) {
+			if name != snap.Self && !snap.Alive[name] {
+				in.Down = append(in.Down, name)
+			}
+		}
+	}
 	if ds.policy != nil {
 		if ds.policy.Synced() {
 			var problems []string

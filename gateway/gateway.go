@@ -23,6 +23,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -329,6 +330,9 @@ type inputs struct {
 	// objects declare.
 	GlobalServices []meshpolicy.GlobalService `json:"globalServices,omitempty"`
 	Policies       []meshpolicy.Policy        `json:"policies,omitempty"`
+	// Down are the clusters the catalog knows that gossip sees down,
+	// once it has settled: a hub among them is not routed to.
+	Down []string `json:"down,omitempty"`
 }
 
 // currentInputs returns the current inputs; none without discovery.
@@ -367,6 +371,14 @@ func parseConfig(opts Options, key wgtypes.Key, meshData, siteData []byte, in in
 		// Also after the section is removed: the gateway keeps
 		// gossiping until it restarts, and its peers with it.
 		m, problems = m.WithLearned(in.Learned)
+	}
+	if lb := m.LoadBalancer; lb != nil && lb.Hub != "" && lb.Hub != opts.Site && slices.Contains(in.Down, lb.Hub) {
+		// The hub is down: balance this site's clients meanwhile, as
+		// every gateway does without a hub.
+		local := *lb
+		local.Hub = ""
+		m.LoadBalancer = &local
+		problems = append(problems, fmt.Sprintf("loadBalancer.hub %s is down: this gateway balances for its own site's clients until it is back", lb.Hub))
 	}
 	sc := siteconf.Empty()
 	if opts.SiteFile != "" {
