@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -306,7 +307,7 @@ func checks(set meshpolicy.Set, locals map[string]local) []health.Target {
 		port, ok := l.ports[lb.PortKey{Proto: 6, Port: hc.Port}]
 		if hc.Port == 0 {
 			// The first TCP port.
-			for _, k := range slices.SortedFunc(mapKeys(l.ports), func(a, b lb.PortKey) int { return int(a.Port) - int(b.Port) }) {
+			for _, k := range slices.SortedFunc(maps.Keys(l.ports), func(a, b lb.PortKey) int { return int(a.Port) - int(b.Port) }) {
 				if k.Proto == 6 {
 					port, ok = l.ports[k], true
 					break
@@ -323,16 +324,6 @@ func checks(set meshpolicy.Set, locals map[string]local) []health.Target {
 		out = append(out, health.Target{Key: g.Key(), Addr: netip.AddrPortFrom(l.backend, port), Check: hc})
 	}
 	return out
-}
-
-func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
-	return func(yield func(K) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 // instances are the instances of every global service: this site's own,
