@@ -1,12 +1,17 @@
 package e2e_test
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -19,6 +24,50 @@ import (
 	"github.com/straitnet/strait/e2e/netns/nstest"
 	"github.com/straitnet/strait/gateway"
 )
+
+// metricsOf scrapes a site's gateway's /metrics from inside its namespace
+// and checks the text with promtool.
+func metricsOf(t *testing.T, l *lab.Lab, site string) string {
+	t.Helper()
+	nstest.RequireCommands(t, "promtool")
+	gw, _ := l.GatewayOf(site)
+	var body []byte
+	// Dialled on the namespace's thread: http.Transport would dial from
+	// another goroutine, in another namespace.
+	var conn net.Conn
+	if err := gw.Namespace().Do(func() (err error) {
+		conn, err = net.DialTimeout("tcp", "127.0.0.1:9464", 5*time.Second)
+		return err
+	}); err != nil {
+		t.Fatalf("metrics of %s: %v", site, err)
+	}
+	defer conn.Close()
+	err := func() error {
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(conn, "GET /metrics HTTP/1.0\r\nHost: gateway\r\n\r\n"); err != nil {
+			return err
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s", resp.Status)
+		}
+		body, err = io.ReadAll(resp.Body)
+		return err
+	}()
+	if err != nil {
+		t.Fatalf("metrics of %s: %v", site, err)
+	}
+	cmd := exec.Command("promtool", "check", "metrics")
+	cmd.Stdin = bytes.NewReader(body)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("promtool check metrics on %s's metrics: %v\n%s", site, err, out)
+	}
+	return string(body)
+}
 
 // lbService is a global service in a gateway's status.
 func lbService(st gateway.Status, name string) (gateway.LBService, bool) {
@@ -294,6 +343,19 @@ func TestGlobalServiceAndFirewall(t *testing.T) {
 		_, err := lab.Request(context.Background(), fromB, dbAt(fromB), "tcp", time.Second)
 		return err
 	})
+	// The same, as Prometheus metrics, which promtool accepts.
+	text := metricsOf(t, l, "onprem")
+	for _, series := range []string{
+		`strait_lb_backend_serving{service="default/web",cluster="cloud-a"} 1`,
+		`strait_firewall_rule_matches_total{rule="protect-db/no-cloud-b",action="deny",dry_run="true"}`,
+		`strait_tunnel_peer_receive_bytes_total{peer="cloud-b"}`,
+		`strait_catalog_clusters{state="alive"} 3`,
+		`strait_natpool_addresses{pool="ingress",kind="ingress",state="used"}`,
+	} {
+		if !strings.Contains(text, series) {
+			t.Errorf("onprem's metrics lack %s", series)
+		}
+	}
 	nstest.Eventually(t, 5*time.Second, "the dry-run rule counting", func() error {
 		st := status(t, l, "onprem")
 		if st.Firewall == nil || len(st.Firewall.Rules) != 1 || !st.Firewall.Rules[0].DryRun || st.Firewall.Rules[0].Matched <= before {

@@ -73,6 +73,9 @@ type Options struct {
 	// Store keeps the allocations; default a natpool.FileStore of
 	// AllocationsName in StateDir.
 	Store natpool.Store
+	// MetricsAddr is where the gateway serves Prometheus metrics
+	// (/metrics, "host:port"); empty: nowhere.
+	MetricsAddr string
 	// Kube, when set, is the cluster's API: with a discovery section in
 	// the mesh file, the gateway exports what ServiceExports name and
 	// keeps ServiceImports of what other clusters export.
@@ -499,6 +502,13 @@ func (g *Gateway) Loop(ctx context.Context, reload <-chan struct{}) error {
 		return err
 	}
 	defer srv.Close()
+	if g.opts.MetricsAddr != "" {
+		ms, err := serveMetrics(g, g.opts.MetricsAddr, g.log)
+		if err != nil {
+			return err
+		}
+		defer ms.Close()
+	}
 	var wg sync.WaitGroup
 	ctx, cancel := context.WithCancel(ctx)
 	defer func() {

@@ -99,6 +99,7 @@ func run(args []string) error {
 	fs.StringVar(&o.SiteFile, "site-file", "", "this site's pools, exported services, egress rules and pods (default: default pools, nothing exported)")
 	fs.StringVar(&o.StateDir, "state-dir", gateway.DefaultStateDir, "directory for the private key and the status socket")
 	fs.StringVar(&o.Interface, "interface", "strait0", "WireGuard device name")
+	fs.StringVar(&o.MetricsAddr, "metrics-addr", ":9464", "where to serve Prometheus metrics (/metrics); empty: nowhere")
 	mode := fs.String("wireguard", "auto", "WireGuard implementation: auto (kernel if present, else userspace), kernel, userspace, wireguard-go (an external binary, see --wireguard-go)")
 	fs.StringVar(&o.WireGuardGo, "wireguard-go", "wireguard-go", "wireguard-go binary for --wireguard=wireguard-go")
 	fs.IntVar(&o.MTU, "mtu", 0, "tunnel MTU; 0 derives it from the underlay MTU less the WireGuard overhead")
