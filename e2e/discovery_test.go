@@ -442,3 +442,43 @@ func startClusters(t *testing.T, n int) []*kube.Server {
 	}
 	return servers
 }
+
+// TestWANCutAndHeal cuts cloud-b off the WAN in a lab with discovery: the
+// others see it down and stop answering its services in DNS; healed, it is
+// back in the catalog, in DNS, and reachable, without a restart.
+func TestWANCutAndHeal(t *testing.T) {
+	t.Parallel()
+	l := newLabWith(t, lab.Merger(), lab.Options{Discovery: true})
+	from, target := l.MustHost("cloud-a-pod1"), l.MustHost("cloud-b-pod2")
+	name := target.Service() + "." + target.PodNamespace + ".svc.clusterset.local"
+	waitReachable(t, l, from.Name, target.Name)
+	if err := l.SetWAN("cloud-b", lab.WAN{Loss: 100}); err != nil {
+		t.Fatal(err)
+	}
+	nstest.Eventually(t, 30*time.Second, "cloud-a seeing cloud-b down, and its service gone from DNS", func() error {
+		st := status(t, l, "cloud-a")
+		if st.Discovery == nil || st.Discovery.Clusters["cloud-b"] {
+			return fmt.Errorf("clusters %v", st.Discovery)
+		}
+		r, err := query(l, from, "cloud-a", name, dns.TypeA)
+		if err != nil || len(addrs(r)) != 0 {
+			return fmt.Errorf("%s still answers %v (%v)", name, r, err)
+		}
+		return nil
+	})
+	if err := l.SetWAN("cloud-b", lab.WAN{}); err != nil {
+		t.Fatal(err)
+	}
+	nstest.Eventually(t, 60*time.Second, "cloud-b back in cloud-a's catalog and DNS", func() error {
+		st := status(t, l, "cloud-a")
+		if st.Discovery == nil || !st.Discovery.Clusters["cloud-b"] {
+			return fmt.Errorf("clusters %v", st.Discovery)
+		}
+		r, err := query(l, from, "cloud-a", name, dns.TypeA)
+		if err != nil || !slices.Equal(addrs(r), []string{target.Global.String()}) {
+			return fmt.Errorf("%s: %v %v", name, r, err)
+		}
+		return nil
+	})
+	waitReachable(t, l, from.Name, target.Name)
+}

@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -264,4 +265,88 @@ services:
 		return nil
 	})
 	waitReachable(t, l, "cloud-a-pod1", "cloud-b-pod1")
+}
+
+// TestKilledDuringTransfer kills cloud-b's gateway (SIGKILL) in the middle
+// of an iperf3 transfer from cloud-a, and starts it again: the transfer
+// recovers and completes, and no address changed. The translation and
+// conntrack stay in the kernel while the gateway is down; the tunnel comes
+// back with the same keys and addresses.
+func TestKilledDuringTransfer(t *testing.T) {
+	t.Parallel()
+	nstest.RequireCommands(t, "iperf3")
+	l := newLab(t, lab.Pair())
+	src, dst := l.MustHost("cloud-a-pod1"), l.MustHost("cloud-b-pod1")
+	target := l.Topology.Target(src, dst)
+	waitReachable(t, l, src.Name, dst.Name)
+	before := keysAndIPs(status(t, l, "cloud-b").Allocations)
+	server, err := l.Command(dst.Name, "iperf3", "-s", "-1", "-p", fmt.Sprint(lab.IperfPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := server.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { server.Process.Kill(); server.Wait() })
+	time.Sleep(300 * time.Millisecond) // the server listening
+	client := src.Namespace().Command("iperf3", "-c", target.String(), "-p", fmt.Sprint(lab.IperfPort), "-t", "12", "-i", "1", "-J")
+	type result struct {
+		out []byte
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		out, err := client.Output()
+		done <- result{out, err}
+	}()
+	time.Sleep(3 * time.Second)
+	if err := l.KillGateway("cloud-b"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // down a while
+	if err := l.StartGateway("cloud-b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.WaitGateway(context.Background(), "cloud-b", 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("iperf3 did not finish")
+	}
+	var res struct {
+		Error     string `json:"error"`
+		Intervals []struct {
+			Sum struct {
+				Start float64 `json:"start"`
+				Bytes float64 `json:"bytes"`
+			} `json:"sum"`
+		} `json:"intervals"`
+		End struct {
+			SumReceived struct {
+				Bytes float64 `json:"bytes"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal(r.out, &res); err != nil || res.Error != "" || r.err != nil {
+		t.Fatalf("iperf3 across the restart: %v %s %v\n%s", r.err, res.Error, err, r.out)
+	}
+	var stalled, after int
+	for _, iv := range res.Intervals {
+		switch {
+		case iv.Sum.Bytes == 0:
+			stalled++
+		case iv.Sum.Start >= 6:
+			after++
+		}
+	}
+	t.Logf("iperf3: %.0f MB received, %d of %d one-second intervals without data", res.End.SumReceived.Bytes/1e6, stalled, len(res.Intervals))
+	if after == 0 {
+		t.Fatalf("no data after the restart: %s", r.out)
+	}
+	if now := keysAndIPs(status(t, l, "cloud-b").Allocations); fmt.Sprint(now) != fmt.Sprint(before) {
+		t.Errorf("allocations changed across the kill:\nbefore %v\nafter  %v", before, now)
+	}
 }

@@ -240,6 +240,12 @@ func (l *Lab) StopGateway(site string) error {
 	return l.stop(site+"-gw", "gateway")
 }
 
+// KillGateway kills a site's gateway with SIGKILL: no shutdown at all, as
+// a crash or an OOM kill leaves it.
+func (l *Lab) KillGateway(site string) error {
+	return l.signal(site+"-gw", "gateway", syscall.SIGKILL)
+}
+
 // WaitGateway waits until a site's gateway reports ready with all its peers.
 func (l *Lab) WaitGateway(ctx context.Context, site string, timeout time.Duration) error {
 	return l.waitGateway(ctx, site, l.strait()-1, timeout)
@@ -355,7 +361,11 @@ func (l *Lab) spawn(h Host, what, logPath, bin string, args ...string) error {
 
 // stop sends SIGTERM to the processes of one kind in a host and waits for
 // them to exit.
-func (l *Lab) stop(host, what string) error {
+func (l *Lab) stop(host, what string) error { return l.signal(host, what, syscall.SIGTERM) }
+
+// signal sends sig to the processes of one kind in a host and waits for
+// them to exit.
+func (l *Lab) signal(host, what string, sig syscall.Signal) error {
 	var keep []Proc
 	var errs []error
 	for _, p := range l.Procs {
@@ -363,7 +373,7 @@ func (l *Lab) stop(host, what string) error {
 			keep = append(keep, p)
 			continue
 		}
-		if err := syscall.Kill(p.Pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
+		if err := syscall.Kill(p.Pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
 			errs = append(errs, err)
 			continue
 		}
