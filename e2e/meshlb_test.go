@@ -350,6 +350,7 @@ func TestGlobalServiceAndFirewall(t *testing.T) {
 		`strait_firewall_rule_matches_total{rule="protect-db/no-cloud-b",action="deny",dry_run="true"}`,
 		`strait_tunnel_peer_receive_bytes_total{peer="cloud-b"}`,
 		`strait_catalog_clusters{state="alive"} 3`,
+		`strait_catalog_last_change_timestamp_seconds `,
 		`strait_natpool_addresses{pool="ingress",kind="ingress",state="used"}`,
 	} {
 		if !strings.Contains(text, series) {

@@ -58,6 +58,9 @@ func (g *Gateway) WriteMetrics(w io.Writer) error {
 		s.Add("strait_catalog_services", metrics.Gauge, "Exported services in the catalog, of every cluster.", float64(d.Services))
 		s.Add("strait_catalog_records_accepted_total", metrics.Counter, "Records the catalog took (news).", float64(d.Catalog.Accepted))
 		s.Add("strait_catalog_records_stale_total", metrics.Counter, "Records the catalog already had, or older.", float64(d.Catalog.Stale))
+		if !d.Catalog.LastChange.IsZero() {
+			s.Add("strait_catalog_last_change_timestamp_seconds", metrics.Gauge, "When the catalog last changed: long past on every gateway, the mesh has converged.", float64(d.Catalog.LastChange.UnixMilli())/1000)
+		}
 		for reason, n := range d.Catalog.Rejected {
 			s.Add("strait_catalog_records_rejected_total", metrics.Counter, "Records the catalog refused, by reason.", float64(n), "reason", reason)
 		}

@@ -73,6 +73,9 @@ type Stats struct {
 	Stale    uint64            `json:"stale"` // older than or equal to what it had
 	Rejected map[string]uint64 `json:"rejected"`
 	Pending  int               `json:"pending"`
+	// LastChange is when the catalog last changed: a mesh whose gateways
+	// all show it long past has converged.
+	LastChange time.Time `json:"lastChange,omitzero"`
 }
 
 // Catalog holds the mesh's records.
@@ -501,6 +504,7 @@ func (c *Catalog) Stats() Stats {
 // notify wakes the watchers; c.mu is held.
 func (c *Catalog) notify() {
 	c.gen++
+	c.stats.LastChange = c.opts.Now()
 	close(c.changed)
 	c.changed = make(chan struct{})
 }
