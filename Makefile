@@ -13,7 +13,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # Debian packages the lab and the tests use, and a command of each.
 DEB_PACKAGES := iproute2:ip nftables:nft wireguard-tools:wg wireguard-go:wireguard-go \
 	iperf3:iperf3 iputils-ping:ping conntrack:conntrack tcpdump:tcpdump etcd-server:etcd \
-	dnsperf:dnsperf bind9-dnsutils:dig prometheus:promtool
+	dnsperf:dnsperf bind9-dnsutils:dig prometheus:promtool chromium:chromium
 # Debian packages whose files are not in PATH, and a file of each.
 DEB_FILES := containernetworking-plugins:/usr/lib/cni/bridge
 

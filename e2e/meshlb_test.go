@@ -69,6 +69,22 @@ func metricsOf(t *testing.T, l *lab.Lab, site string) string {
 	return string(body)
 }
 
+// pageOf loads a site's gateway's status page in headless Chromium, inside
+// the gateway's namespace, and returns the DOM its script drew.
+func pageOf(t *testing.T, l *lab.Lab, site string) string {
+	t.Helper()
+	nstest.RequireCommands(t, "chromium")
+	gw, _ := l.GatewayOf(site)
+	cmd := gw.Namespace().Command("chromium", "--headless", "--no-sandbox", "--disable-gpu", "--user-data-dir="+t.TempDir(),
+		"--virtual-time-budget=10000", "--dump-dom", "http://127.0.0.1:9464/")
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("chromium on %s's status page: %v\n%s", site, err, errOut.String())
+	}
+	return out.String()
+}
+
 // lbService is a global service in a gateway's status.
 func lbService(st gateway.Status, name string) (gateway.LBService, bool) {
 	if st.LoadBalancer == nil {
@@ -355,6 +371,15 @@ func TestGlobalServiceAndFirewall(t *testing.T) {
 	} {
 		if !strings.Contains(text, series) {
 			t.Errorf("onprem's metrics lack %s", series)
+		}
+	}
+	// The status page, drawn by its script in headless Chromium: the
+	// mesh's three sites, tunnels up to both peers, the VIP's row.
+	dom := pageOf(t, l, "onprem")
+	for _, want := range []string{`data-drawn="true"`, `data-site="onprem"`, `data-site="cloud-a"`, `data-site="cloud-b"`,
+		`class="tunnel up" data-peer="cloud-a"`, `class="tunnel up" data-peer="cloud-b"`, "default/web", "protect-db/no-cloud-b"} {
+		if !strings.Contains(dom, want) {
+			t.Errorf("onprem's status page, as Chromium drew it, lacks %s:\n%s", want, dom)
 		}
 	}
 	nstest.Eventually(t, 5*time.Second, "the dry-run rule counting", func() error {

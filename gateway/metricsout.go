@@ -111,7 +111,8 @@ func countAlive(d *DiscoveryStatus) int {
 	return n
 }
 
-// metricsServer serves /metrics over TCP, for Prometheus.
+// metricsServer serves /metrics over TCP, for Prometheus, and the
+// read-only status page (/ and /status.json).
 type metricsServer struct {
 	srv  *http.Server
 	done chan struct{}
@@ -123,6 +124,7 @@ func serveMetrics(g *Gateway, addr string, log *slog.Logger) (*metricsServer, er
 		return nil, fmt.Errorf("gateway: metrics on %s: %w (--metrics-addr \"\" turns them off)", addr, err)
 	}
 	mux := http.NewServeMux()
+	g.handleStatusPage(mux)
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 		if err := g.WriteMetrics(w); err != nil {
