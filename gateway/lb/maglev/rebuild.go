@@ -2,6 +2,7 @@ package maglev
 
 import (
 	"cmp"
+	"fmt"
 	"slices"
 )
 
@@ -68,14 +69,14 @@ func Rebuild(prev []int32, prevNames []string, backends []Backend, m int) ([]int
 	}
 	// The rest, in turns, by preference.
 	type walker struct {
-		idx       int32
-		pos, skip int
+		idx              int32
+		pos, skip, steps int
 	}
 	var short []walker
 	for _, j := range live {
 		if count[j] < quota[j] {
 			offset, skip := Permutation(backends[j].Name, m)
-			short = append(short, walker{j, offset, skip})
+			short = append(short, walker{idx: j, pos: offset, skip: skip})
 		}
 	}
 	for len(short) > 0 {
@@ -85,6 +86,12 @@ func Rebuild(prev []int32, prevNames []string, backends []Backend, m int) ([]int
 				w.pos += w.skip
 				if w.pos >= m {
 					w.pos -= m
+				}
+				// A walk visits every entry within m steps: past
+				// that, the quotas were wrong, and a loop would hang
+				// the gateway.
+				if w.steps++; w.steps > m {
+					return nil, fmt.Errorf("maglev: rebuild: %s found no free entry (quotas over the table size)", backends[w.idx].Name)
 				}
 			}
 			table[w.pos] = w.idx
