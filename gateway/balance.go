@@ -384,7 +384,8 @@ func (g *Gateway) syncLB(want desired, snap catalog.Snapshot, set meshpolicy.Set
 		return nil, nil
 	}
 	locals := localServices(want.services)
-	b.checker.Set(checks(set, locals))
+	targets := checks(set, locals)
+	b.checker.Set(targets)
 	if !want.lb.Balances(snap.Self) {
 		// Also a table left from before a restart.
 		if b.applied || !b.cleared {
@@ -472,7 +473,7 @@ func (g *Gateway) syncLB(want desired, snap catalog.Snapshot, set meshpolicy.Set
 		}
 		status.Services = append(status.Services, ls)
 	}
-	for _, t := range checks(set, locals) {
+	for _, t := range targets {
 		r := results[t.Key]
 		status.Health[t.Key] = Health{Target: t.Addr.String(), Checked: r.Checked, Healthy: r.Healthy, Reason: r.Reason, Since: r.Since}
 	}

@@ -27,7 +27,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"slices"
 	"sync"
@@ -42,6 +41,7 @@ import (
 
 	"github.com/straitnet/strait/discovery/meshpolicy"
 	"github.com/straitnet/strait/gateway/ratelog"
+	"github.com/straitnet/strait/internal/kubewatch"
 )
 
 // Options configure a Source. Zero values take the documented defaults.
@@ -287,9 +287,8 @@ func (s *Source) notify() {
 }
 
 func (s *Source) watchError(ctx context.Context, kind string, err error) {
-	if ctx.Err() != nil || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		apierrors.IsResourceExpired(err) || apierrors.IsGone(err) {
-		return // the informer relists, as it should
+	if kubewatch.Routine(ctx, err) {
+		return
 	}
 	hint := ""
 	if apierrors.IsNotFound(err) {

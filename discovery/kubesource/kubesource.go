@@ -28,7 +28,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"maps"
 	"slices"
@@ -54,6 +53,7 @@ import (
 	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1alpha1"
 
 	"github.com/straitnet/strait/gateway/ratelog"
+	"github.com/straitnet/strait/internal/kubewatch"
 )
 
 // Options configure a Source. Zero values take the documented defaults.
@@ -360,9 +360,8 @@ func (s *Source) notify() {
 }
 
 func (s *Source) watchError(ctx context.Context, what string, err error) {
-	if ctx.Err() != nil || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		apierrors.IsResourceExpired(err) || apierrors.IsGone(err) {
-		return // the informer relists, as it should
+	if kubewatch.Routine(ctx, err) {
+		return
 	}
 	hint := ""
 	if apierrors.IsNotFound(err) && (what == "serviceexports" || what == "serviceimports") {
