@@ -33,7 +33,9 @@ Usage:
   strait-agent run --node NAME [--kubeconfig FILE] [--gateway IP --mesh CIDR,...] [flags]
   strait-agent version
 
-Run 'strait-agent run -h' for the flags.
+Run 'strait-agent run -h' for the flags. Every flag can also be set in the
+environment: STRAIT_<FLAG>, such as STRAIT_GATEWAY for --gateway; the
+command line wins.
 `
 
 func main() {
@@ -65,7 +67,7 @@ func run(args []string) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	var o nodeagent.Options
 	hostname, _ := os.Hostname()
-	fs.StringVar(&o.NodeName, "node", cli.EnvOr("NODE_NAME", hostname), "this node's name (default $NODE_NAME, else the host name)")
+	fs.StringVar(&o.NodeName, "node", cli.EnvOr("NODE_NAME", hostname), "this node's name (the default is $NODE_NAME if set, else the host name)")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig (default: the in-cluster service account)")
 	gateway := fs.String("gateway", "", "the cluster's strait gateway on the nodes' network; mesh destinations are routed to it")
 	mesh := fs.String("mesh", "242.0.0.0/8", "comma-separated destinations routed to the gateway: the global CIDR and other sites' routable CIDRs")
@@ -80,11 +82,19 @@ func run(args []string) error {
 	fs.StringVar(&o.BPFPinDir, "bpf-pin-dir", nodeagent.DefaultBPFPinDir, "bpffs directory that keeps policy enforcement across agent restarts (empty: none; the bpffs is mounted at /sys/fs/bpf if missing)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", "json", "log format: json or text")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), "Usage: strait-agent run --node NAME [flags]\n\nFlags:\n")
+		fs.PrintDefaults()
+		fmt.Fprint(fs.Output(), "\n"+cli.EnvUsage(cli.EnvPrefix, "gateway"))
+	}
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("run: unexpected arguments %q", fs.Args())
+	}
+	if err := cli.FlagsFromEnv(fs, cli.EnvPrefix); err != nil {
+		return fmt.Errorf("run: %w", err)
 	}
 	if *gateway != "" {
 		gw, err := netip.ParseAddr(*gateway)

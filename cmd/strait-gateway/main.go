@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
@@ -23,6 +24,7 @@ import (
 	"github.com/straitnet/strait/gateway"
 	"github.com/straitnet/strait/gateway/tunnel"
 	"github.com/straitnet/strait/internal/cli"
+	"github.com/straitnet/strait/internal/leader"
 	"github.com/straitnet/strait/natpool/kubestore"
 )
 
@@ -38,7 +40,10 @@ Usage:
       allocate addresses from the site's pools (kept in the state directory),
       and keep it all so. The files are re-read every --interval and on
       SIGHUP; a file that does not validate is refused and the last good
-      configuration keeps running.
+      configuration keeps running. With --leader-elect, it runs only while
+      it holds a Lease, so that a Deployment's replicas stand by for it.
+      Every flag can also be set in the environment: STRAIT_<FLAG>, such
+      as STRAIT_METRICS_ADDR for --metrics-addr; the command line wins.
   strait-gateway keygen [--state-dir DIR]
       Make this gateway's private key if there is none, and print the public
       key to put in the mesh configuration. The private key never leaves DIR.
@@ -91,49 +96,84 @@ func keygen(args []string, out io.Writer) error {
 	return nil
 }
 
-func run(args []string) error {
+// runFlags are the flags of run, apart from those that fill gateway.Options.
+type runFlags struct {
+	mode, allocations, allocationsName, kubeconfig, kube, namespace string
+	logLevel, logFormat                                             string
+	leaderElect                                                     bool
+	lease, identity                                                 string
+	leaseDuration, renewDeadline, retryPeriod                       time.Duration
+}
+
+// newRunFlags defines the flags of run, into o and f.
+func newRunFlags(o *gateway.Options, f *runFlags) *flag.FlagSet {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	var o gateway.Options
 	fs.StringVar(&o.Site, "site", "", "this gateway's site name in the mesh configuration (required)")
 	fs.StringVar(&o.MeshFile, "mesh", "", "mesh configuration file (required)")
 	fs.StringVar(&o.SiteFile, "site-file", "", "this site's pools, exported services, egress rules and pods (default: default pools, nothing exported)")
 	fs.StringVar(&o.StateDir, "state-dir", gateway.DefaultStateDir, "directory for the private key and the status socket")
 	fs.StringVar(&o.Interface, "interface", "strait0", "WireGuard device name")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", ":9464", "where to serve Prometheus metrics (/metrics); empty: nowhere")
-	mode := fs.String("wireguard", "auto", "WireGuard implementation: auto (kernel if present, else userspace), kernel, userspace, wireguard-go (an external binary, see --wireguard-go)")
+	fs.StringVar(&f.mode, "wireguard", "auto", "WireGuard implementation: auto (kernel if present, else userspace), kernel, userspace, wireguard-go (an external binary, see --wireguard-go)")
 	fs.StringVar(&o.WireGuardGo, "wireguard-go", "wireguard-go", "wireguard-go binary for --wireguard=wireguard-go")
 	fs.IntVar(&o.MTU, "mtu", 0, "tunnel MTU; 0 derives it from the underlay MTU less the WireGuard overhead")
 	fs.DurationVar(&o.Interval, "interval", 0, "how often to re-read the mesh file and repair drift (default 2s)")
-	allocations := fs.String("allocations", "file", "where allocations persist: file (allocations.json in --state-dir) or kubernetes (a ConfigMap)")
-	kubeconfig := fs.String("kubeconfig", "", "kubeconfig of the site's cluster (default: the in-cluster service account)")
-	kube := fs.String("kubernetes", "auto", "export what ServiceExports name and keep ServiceImports (with a discovery section): on, off, or auto (on with --kubeconfig or in a pod)")
-	namespace := fs.String("namespace", cli.EnvOr("POD_NAMESPACE", "strait-system"), "namespace of the allocations ConfigMap")
-	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
-	logFormat := fs.String("log-format", "json", "log format: json or text")
+	fs.StringVar(&f.allocations, "allocations", "file", "where allocations persist: file (allocations.json in --state-dir) or kubernetes (a ConfigMap)")
+	fs.StringVar(&f.allocationsName, "allocations-configmap", "", "name of the allocations ConfigMap with --allocations=kubernetes (default strait-allocations-<site>)")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig of the site's cluster (default: the in-cluster service account)")
+	fs.StringVar(&f.kube, "kubernetes", "auto", "export what ServiceExports name and keep ServiceImports (with a discovery section): on, off, or auto (on with --kubeconfig or in a pod)")
+	fs.StringVar(&f.namespace, "namespace", cli.EnvOr("POD_NAMESPACE", "strait-system"), "namespace of the allocations ConfigMap and the leader election Lease (the default is $POD_NAMESPACE if set)")
+	fs.BoolVar(&f.leaderElect, "leader-elect", false, "run only while holding a Lease, so that of several replicas one runs and the others stand by; a leader that loses the Lease stops and exits non-zero")
+	fs.StringVar(&f.lease, "leader-elect-lease", "", "name of the leader election Lease in --namespace (default strait-gateway-<site>)")
+	hostname, _ := os.Hostname()
+	fs.StringVar(&f.identity, "leader-elect-identity", cli.EnvOr("POD_NAME", hostname), "this replica's name in the Lease (the default is $POD_NAME if set, else the host name)")
+	fs.DurationVar(&f.leaseDuration, "leader-elect-lease-duration", leader.DefaultLeaseDuration, "how long a standby waits after the leader's last renewal before it takes over")
+	fs.DurationVar(&f.renewDeadline, "leader-elect-renew-deadline", leader.DefaultRenewDeadline, "how long the leader tries to renew the Lease before it stops leading")
+	fs.DurationVar(&f.retryPeriod, "leader-elect-retry-period", leader.DefaultRetryPeriod, "time between tries to take or renew the Lease")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&f.logFormat, "log-format", "json", "log format: json or text")
+	fs.Usage = func() {
+		out := fs.Output()
+		fmt.Fprint(out, "Usage: strait-gateway run --site NAME --mesh FILE [flags]\n\nFlags:\n")
+		fs.PrintDefaults()
+		fmt.Fprint(out, "\n"+cli.EnvUsage(cli.EnvPrefix, "metrics-addr"))
+	}
+	return fs
+}
+
+func run(args []string) error {
+	var (
+		o gateway.Options
+		f runFlags
+	)
+	fs := newRunFlags(&o, &f)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("run: unexpected arguments %q", fs.Args())
 	}
-	m, err := tunnel.ParseMode(*mode)
+	if err := cli.FlagsFromEnv(fs, cli.EnvPrefix); err != nil {
+		return fmt.Errorf("run: %w", err)
+	}
+	m, err := tunnel.ParseMode(f.mode)
 	if err != nil {
 		return err
 	}
 	o.WireGuard = m
 	useKube := false
-	switch *kube {
+	switch f.kube {
 	case "on":
 		useKube = true
 	case "off":
 	case "auto":
-		useKube = *kubeconfig != "" || os.Getenv("KUBERNETES_SERVICE_HOST") != ""
+		useKube = f.kubeconfig != "" || os.Getenv("KUBERNETES_SERVICE_HOST") != ""
 	default:
-		return fmt.Errorf("--kubernetes %q: want on, off or auto", *kube)
+		return fmt.Errorf("--kubernetes %q: want on, off or auto", f.kube)
 	}
 	var cfg *rest.Config
-	if useKube || *allocations == "kubernetes" {
-		if cfg, err = cli.KubeConfig(*kubeconfig); err != nil {
+	if useKube || f.allocations == "kubernetes" || f.leaderElect {
+		if cfg, err = cli.KubeConfig(f.kubeconfig); err != nil {
 			return err
 		}
 	}
@@ -152,18 +192,38 @@ func run(args []string) error {
 		}
 		o.Kube = &gateway.KubeClients{Kube: kc, MCS: mc, Dynamic: dc}
 	}
-	switch *allocations {
+	switch f.allocations {
 	case "file":
 	case "kubernetes":
 		client, err := kubernetes.NewForConfig(cfg)
 		if err != nil {
 			return fmt.Errorf("--allocations=kubernetes: %w", err)
 		}
-		o.Store = &kubestore.Store{Client: client, Namespace: *namespace, Site: o.Site}
+		o.Store = &kubestore.Store{Client: client, Namespace: f.namespace, Name: f.allocationsName, Site: o.Site}
 	default:
-		return fmt.Errorf("--allocations %q: want file or kubernetes", *allocations)
+		return fmt.Errorf("--allocations %q: want file or kubernetes", f.allocations)
 	}
-	logger, err := cli.NewLogger(*logLevel, *logFormat, os.Stderr)
+	var election *leader.Config
+	if f.leaderElect {
+		if o.Site == "" {
+			return errors.New("--leader-elect: no site given (--site)")
+		}
+		lease := f.lease
+		if lease == "" {
+			lease = "strait-gateway-" + o.Site
+		}
+		// A hung request must not cost the leadership: each call gives up
+		// well within the renew deadline.
+		lcfg := rest.CopyConfig(cfg)
+		lcfg.Timeout = max(f.renewDeadline/2, time.Second)
+		client, err := kubernetes.NewForConfig(rest.AddUserAgent(lcfg, "strait-gateway-leader-election"))
+		if err != nil {
+			return fmt.Errorf("--leader-elect: %w", err)
+		}
+		election = &leader.Config{Client: client, Namespace: f.namespace, Name: lease, Identity: f.identity,
+			LeaseDuration: f.leaseDuration, RenewDeadline: f.renewDeadline, RetryPeriod: f.retryPeriod}
+	}
+	logger, err := cli.NewLogger(f.logLevel, f.logFormat, os.Stderr)
 	if err != nil {
 		return err
 	}
@@ -188,5 +248,11 @@ func run(args []string) error {
 			}
 		}
 	}()
-	return gateway.Run(ctx, o, reload)
+	if election == nil {
+		return gateway.Run(ctx, o, reload)
+	}
+	election.Logger = logger
+	return leader.Run(ctx, *election, func(ctx context.Context) error {
+		return gateway.Run(ctx, o, reload)
+	})
 }

@@ -1,13 +1,17 @@
 // Package cli holds what strait's daemons share on their command lines:
-// the logger and the Kubernetes client configuration.
+// the logger, the Kubernetes client configuration, and flags from the
+// environment.
 package cli
 
 import (
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -53,4 +57,80 @@ func EnvOr(key, def string) string {
 		return v
 	}
 	return def
+}
+
+// EnvPrefix is the prefix of the environment variables that set the flags
+// of strait's daemons: STRAIT_METRICS_ADDR sets --metrics-addr.
+const EnvPrefix = "STRAIT_"
+
+// EnvName is the environment variable of a flag: prefix and the flag's
+// name in upper case, with its dashes (and dots) as underscores.
+func EnvName(prefix, flagName string) string {
+	return prefix + strings.NewReplacer("-", "_", ".", "_").Replace(strings.ToUpper(flagName))
+}
+
+// FlagsFromEnv sets each flag of fs that the command line did not set
+// from its environment variable (EnvName), if that is set, even to the
+// empty string. Call it after fs.Parse: the command line wins over the
+// environment, and the environment over the flags' defaults (some of
+// which come from other variables, such as POD_NAMESPACE through EnvOr).
+// A value that does not parse is an error that names the variable, such
+// as `STRAIT_INTERVAL="x": not a duration`.
+func FlagsFromEnv(fs *flag.FlagSet, prefix string) error {
+	return flagsFrom(fs, prefix, os.LookupEnv)
+}
+
+func flagsFrom(fs *flag.FlagSet, prefix string, lookup func(string) (string, bool)) error {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] {
+			return
+		}
+		name := EnvName(prefix, f.Name)
+		v, ok := lookup(name)
+		if !ok {
+			return
+		}
+		if err := fs.Set(f.Name, v); err != nil {
+			errs = append(errs, fmt.Errorf("%s=%q: %s", name, v, why(f, err)))
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// why says what a flag wants, where the flag package would only say
+// "parse error" or "value out of range".
+func why(f *flag.Flag, err error) string {
+	g, ok := f.Value.(flag.Getter)
+	if !ok {
+		return err.Error()
+	}
+	if strings.Contains(err.Error(), "out of range") {
+		return "out of range"
+	}
+	switch g.Get().(type) {
+	case time.Duration:
+		return "not a duration (such as 500ms, 2s or 1m30s)"
+	case bool:
+		return "not a boolean (true or false)"
+	case int, int64:
+		return "not an integer"
+	case uint, uint64:
+		return "not a non-negative integer"
+	case float64:
+		return "not a number"
+	}
+	return err.Error()
+}
+
+// EnvUsage is the paragraph for a command's help that says how its flags
+// are set from the environment, with one of its flags as the example.
+func EnvUsage(prefix, example string) string {
+	return fmt.Sprintf(`Every flag can also be set in the environment, as %s<FLAG>: the
+flag's name in upper case, dashes as underscores (--%s is
+%s). The command line wins over the environment. A value
+that does not parse is an error naming the variable.
+`, prefix, example, EnvName(prefix, example))
 }
