@@ -11,6 +11,7 @@ import (
 	"github.com/straitnet/strait/discovery/catalog"
 	"github.com/straitnet/strait/discovery/kubesource"
 	"github.com/straitnet/strait/discovery/meshpolicy"
+	"github.com/straitnet/strait/gateway/bgp"
 	"github.com/straitnet/strait/gateway/meshconf"
 	"github.com/straitnet/strait/gateway/nat"
 	"github.com/straitnet/strait/gateway/siteconf"
@@ -57,6 +58,8 @@ type desired struct {
 	// mesh is the mesh, learned sites included, for the firewall's view
 	// of the other clusters.
 	mesh *meshconf.Mesh
+	// bgp is the site file's bgp section, if any.
+	bgp *bgp.Config
 	// meshData and siteData are the files it was derived from: with
 	// other inputs, they derive the next configuration while the files
 	// on disk are refused.
@@ -102,6 +105,7 @@ func derive(m *meshconf.Mesh, sc *siteconf.Config, self string, key wgtypes.Key,
 		globalServices: slices.Clone(sc.GlobalServices),
 		policies:       slices.Clone(sc.Policies),
 		egressRules:    sc.Rules(),
+		bgp:            sc.BGP,
 	}
 	var peers []natpool.Site
 	lb := m.LoadBalancer

@@ -196,8 +196,13 @@ type Gateway struct {
 	lb *balancer
 	fw *fwState
 	// lbStatus, fwStatus and meshProblems are the last pass's results.
-	lbStatus     *LBStatus
-	fwStatus     *FirewallStatus
+	lbStatus *LBStatus
+	fwStatus *FirewallStatus
+	// bgp is the BGP speaker, once a configuration has a bgp section;
+	// the loop owns it. bgpSwept says leftovers of an earlier run were
+	// looked for.
+	bgp          *bgpState
+	bgpSwept     bool
 	meshProblems []string
 	// lastDeclared is what the last pass declared; remembered other
 	// clusters' declarations as last seen (the loop's).
@@ -298,6 +303,12 @@ func Start(ctx context.Context, opts Options) (*Gateway, error) {
 	}
 	g := newGateway(opts, log, key, eng, tab, store)
 	g.disc, g.inputs, g.remembered = disc, in, decl
+	if want.bgp != nil {
+		if g.bgp, err = openBGP(opts.StateDir, opts.Logger, opts.Now, in.BGPRoutes, g.kicked); err != nil {
+			g.Close()
+			return nil, fmt.Errorf("gateway: %w", err)
+		}
+	}
 	if err := g.openMeshTables(); err != nil {
 		g.Close()
 		return nil, fmt.Errorf("gateway: %w", err)
@@ -336,14 +347,20 @@ type inputs struct {
 	// Down are the clusters the catalog knows that gossip sees down,
 	// once it has settled: a hub among them is not routed to.
 	Down []string `json:"down,omitempty"`
+	// BGPRoutes are the prefixes learned from the site's routers: they
+	// join the site's CIDRs.
+	BGPRoutes []netip.Prefix `json:"bgpRoutes,omitempty"`
 }
 
-// currentInputs returns the current inputs; none without discovery.
+// currentInputs returns the current inputs: the catalog's and the
+// cluster's with discovery, the routes learned by BGP.
 func (g *Gateway) currentInputs() inputs {
-	if g.disc == nil {
-		return inputs{}
+	var in inputs
+	if g.disc != nil {
+		in = g.disc.inputs()
 	}
-	return g.disc.inputs()
+	in.BGPRoutes = g.bgp.prefixes()
+	return in
 }
 
 func (in inputs) encode() []byte {
@@ -382,6 +399,9 @@ func parseConfig(opts Options, key wgtypes.Key, meshData, siteData []byte, in in
 		local.Hub = ""
 		m.LoadBalancer = &local
 		problems = append(problems, fmt.Sprintf("loadBalancer.hub %s is down: this gateway balances for its own site's clients until it is back", lb.Hub))
+	}
+	if me, ok := m.Site(opts.Site); ok && len(in.BGPRoutes) > 0 {
+		me.CIDRs = withBGPRoutes(me.CIDRs, in.BGPRoutes)
 	}
 	sc := siteconf.Empty()
 	if opts.SiteFile != "" {
@@ -436,6 +456,9 @@ func (g *Gateway) start(ctx context.Context, want desired, h string) error {
 // Close stops the device. The NAT table stays: conntrack and the table keep
 // established flows translated while the gateway restarts.
 func (g *Gateway) Close() error {
+	if g.bgp != nil {
+		g.bgp.close()
+	}
 	if g.disc != nil {
 		g.disc.close()
 	}
@@ -556,7 +579,8 @@ func (g *Gateway) reconcile(ctx context.Context) {
 		pubErr = g.publish(want, mp)
 	}
 	lbErr, fwErr := g.syncMesh(want)
-	err := errors.Join(allocErr, engineErr, natErr, pubErr, lbErr, fwErr)
+	bgpErr := g.syncBGP(ctx, want)
+	err := errors.Join(allocErr, engineErr, natErr, pubErr, lbErr, fwErr, bgpErr)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if natErr == nil {

@@ -98,6 +98,17 @@ func (g *Gateway) WriteMetrics(w io.Writer) error {
 		s.Add("strait_firewall_default_total", metrics.Counter, "New connections from the mesh no rule decided (the default action took them).", float64(fw.Default), "action", string(fw.DefaultAction))
 		s.Add("strait_firewall_problems", metrics.Gauge, "Problems the firewall reports (conflicts, what cannot be told apart).", float64(len(fw.Problems)))
 	}
+	if bs := st.BGP; bs != nil {
+		for _, p := range bs.Peers {
+			s.Add("strait_bgp_session_up", metrics.Gauge, "1 while the BGP session with a router is established.", b(p.State == "established"), "peer", p.Name)
+			s.Add("strait_bgp_routes", metrics.Gauge, "IPv4 routes of a BGP session: received, accepted by the import filter, advertised through the export filter.", float64(p.Received), "peer", p.Name, "state", "received")
+			s.Add("strait_bgp_routes", metrics.Gauge, "IPv4 routes of a BGP session: received, accepted by the import filter, advertised through the export filter.", float64(p.Accepted), "peer", p.Name, "state", "accepted")
+			s.Add("strait_bgp_routes", metrics.Gauge, "IPv4 routes of a BGP session: received, accepted by the import filter, advertised through the export filter.", float64(p.Advertised), "peer", p.Name, "state", "advertised")
+		}
+		s.Add("strait_bgp_learned_routes", metrics.Gauge, "Learned routes in use (installed, and the site's in the mesh).", float64(len(bs.Learned)))
+		s.Add("strait_bgp_refused_routes", metrics.Gauge, "Learned routes refused as they would take addresses that are not the site's.", float64(len(bs.Refused)))
+		s.Add("strait_bgp_converged", metrics.Gauge, "1 once the routes learned since the start are complete.", b(bs.Converged))
+	}
 	return s.Write(w)
 }
 

@@ -57,6 +57,8 @@ type Status struct {
 	LoadBalancer *LBStatus `json:"loadBalancer,omitempty"`
 	// Firewall is the mesh firewall this gateway enforces.
 	Firewall *FirewallStatus `json:"firewall,omitempty"`
+	// BGP is the speaker that peers with the site's routers.
+	BGP *BGPStatus `json:"bgp,omitempty"`
 }
 
 // Path is how traffic flows between this site and a peer.
@@ -140,10 +142,12 @@ func (g *Gateway) Status() Status {
 		f := *g.fwStatus
 		st.Firewall = &f
 	}
+	b := g.bgp
 	g.mu.Unlock()
 	if g.disc != nil {
 		st.Discovery = g.disc.status()
 	}
+	st.BGP = b.statusOf()
 	ts, err := g.engine.Status()
 	if err != nil {
 		st.Ready = false

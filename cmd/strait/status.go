@@ -165,6 +165,42 @@ func printStatus(w io.Writer, st gateway.Status) {
 			fmt.Fprintf(w, "  FIREWALL: %s\n", p)
 		}
 	}
+	if b := st.BGP; b != nil {
+		state := "routes complete"
+		if !b.Converged {
+			state = "waiting for the routers' routes: nothing installed is removed yet"
+		}
+		if b.Restarting {
+			state += "; restarted gracefully after a crash"
+		}
+		fmt.Fprintf(w, "  bgp: AS %d, router ID %s; %s\n", b.ASN, b.RouterID, state)
+		for _, p := range b.Peers {
+			since := ""
+			if !p.Since.IsZero() {
+				since = " since " + p.Since.Format(time.TimeOnly)
+			}
+			gr := ""
+			if p.GracefulRestart {
+				gr = ", graceful restart"
+			}
+			fmt.Fprintf(w, "    peer %s %s AS %d: %s%s; %d received, %d accepted, %d advertised%s\n",
+				p.Name, p.Address, p.ASN, p.State, since, p.Received, p.Accepted, p.Advertised, gr)
+		}
+		var ann []string
+		for _, p := range b.Announced {
+			ann = append(ann, p.String())
+		}
+		fmt.Fprintf(w, "    announced: %s\n", strings.Join(ann, ", "))
+		for _, r := range b.Learned {
+			fmt.Fprintf(w, "    learned %-18s via %s (%s)\n", r.Prefix, r.NextHop, r.Peer)
+		}
+		for _, r := range b.Refused {
+			fmt.Fprintf(w, "    REFUSED %-18s via %s (%s): %s\n", r.Prefix, r.NextHop, r.Peer, r.Reason)
+		}
+		if b.Error != "" {
+			fmt.Fprintf(w, "  BGP: %s\n", b.Error)
+		}
+	}
 	fmt.Fprintf(w, "  %-10s %-22s %-34s %-11s %10s %10s\n", "PEER", "ENDPOINT", "ALLOWED IPS", "HANDSHAKE", "RX", "TX")
 	for _, p := range t.Peers {
 		hs := "never"

@@ -57,7 +57,7 @@ func (l *Lab) build() error {
 			return err
 		}
 		switch h.Role {
-		case RoleWAN, RoleGateway, RoleNode, RolePlain:
+		case RoleWAN, RoleGateway, RoleNode, RolePlain, RoleRouter:
 			for _, kv := range [][2]string{
 				{"net/ipv4/ip_forward", "1"},
 				{"net/ipv4/conf/all/rp_filter", "0"},
@@ -154,6 +154,11 @@ func (l *Lab) buildSite(b *builder, i int, s Site, wan Host) error {
 					return err
 				}
 			}
+		}
+	}
+	if s.Router != nil {
+		if err := l.buildRouter(b, s, lan); err != nil {
+			return fmt.Errorf("router: %w", err)
 		}
 	}
 	for _, p := range l.Hosts {

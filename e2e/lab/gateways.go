@@ -122,6 +122,9 @@ func (l *Lab) startGateways(ctx context.Context) error {
 			return err
 		}
 	}
+	if err := l.startRouters(); err != nil {
+		return err
+	}
 	// One after another, as real sites come up: a gateway's first
 	// handshake initiation then meets a peer that is either not there yet
 	// (it will initiate itself when it starts) or listening. Started
@@ -312,7 +315,7 @@ func (l *Lab) joinPlainSites(ctx context.Context) error {
 // startServers starts the lab server in every pod and plain host and waits
 // until each answers.
 func (l *Lab) startServers(ctx context.Context) error {
-	eps := l.Endpoints()
+	eps := append(l.Endpoints(), l.dcHosts()...)
 	for _, h := range eps {
 		if err := l.spawn(h, "server", filepath.Join(l.Dir, h.Name+".log"), l.Bins.Strait,
 			"lab", "serve", "--name", h.Name, "--port", strconv.Itoa(ServePort)); err != nil {
@@ -459,6 +462,8 @@ type SiteDoc struct {
 	// the whole mesh.
 	GlobalServices   []meshpolicy.GlobalService `yaml:"globalServices,omitempty"`
 	FirewallPolicies []meshpolicy.Policy        `yaml:"firewallPolicies,omitempty"`
+	// BGP peers the gateway with the site's router.
+	BGP *BGPDoc `yaml:"bgp,omitempty"`
 }
 
 // EditSiteFile changes a site's file; its gateway takes the change on its
@@ -526,6 +531,10 @@ type PodDoc struct {
 func (l *Lab) siteDoc(s Site) SiteDoc {
 	var doc SiteDoc
 	doc.Egress.Rules = s.Egress
+	if s.Router != nil {
+		gw, _ := l.GatewayOf(s.Name)
+		doc.BGP = siteBGP(s.Router, gw.Addr)
+	}
 	for _, h := range l.Hosts {
 		if h.Site != s.Name || h.Role != RolePod {
 			continue

@@ -74,6 +74,13 @@ type Site struct {
 	// Egress rules of the site, as in its site file.
 	Egress []EgressRule `yaml:"egress"`
 	WAN    WAN          `yaml:"wan"`
+	// Router, when set, is a BIRD router on the site's LAN that peers
+	// with the gateway over BGP, with a data center LAN behind it.
+	Router *Router `yaml:"router"`
+	// Kubernetes says the site is a Kubernetes cluster: in a lab with
+	// Options.Kube, it runs a kube-apiserver and etcd in its gateway's
+	// namespace and kube-proxy on its nodes (see kube.go).
+	Kubernetes bool `yaml:"kubernetes"`
 }
 
 // PodMeta is a pod's namespace and labels.
@@ -128,12 +135,18 @@ func Merger() Topology {
 			{Name: "cloud-a", PodCIDR: pfx("10.0.0.0/16"), Routable: true, Block: pfx("242.0.0.0/16"), Nodes: 2, PodsPerNode: 1,
 				Pods:   map[string]PodMeta{"pod2": {Namespace: "payments", Labels: map[string]string{"app": "api"}}},
 				Egress: []EgressRule{{Name: "payments", Namespace: "payments"}},
-				WAN:    WAN{Latency: Duration(2 * time.Millisecond)}},
+				WAN:    WAN{Latency: Duration(2 * time.Millisecond)}, Kubernetes: true},
 			{Name: "cloud-b", PodCIDR: pfx("10.0.0.0/16"), Block: pfx("242.1.0.0/16"), Nodes: 2, PodsPerNode: 1,
 				Pods:   map[string]PodMeta{"pod2": {Namespace: "default", Labels: map[string]string{"app": "batch"}}},
 				Egress: []EgressRule{{Name: "batch", PodSelector: map[string]string{"app": "batch"}}},
-				WAN:    WAN{Latency: Duration(2 * time.Millisecond)}},
-			{Name: "onprem", PodCIDR: pfx("192.168.0.0/16"), Routable: true, Block: pfx("242.2.0.0/16"), Nodes: 1, PodsPerNode: 1, WAN: WAN{Latency: Duration(5 * time.Millisecond)}},
+				WAN:    WAN{Latency: Duration(2 * time.Millisecond)}, Kubernetes: true},
+			{Name: "onprem", PodCIDR: pfx("192.168.0.0/16"), Routable: true, Block: pfx("242.2.0.0/16"), Nodes: 1, PodsPerNode: 1, WAN: WAN{Latency: Duration(5 * time.Millisecond)},
+				Router: &Router{ASN: 64513, GatewayASN: 64512, LAN: pfx("172.16.10.0/24"),
+					// The data center's own summary of 10/8, a default route, a prefix longer than the filter takes.
+					Bogus:  []netip.Prefix{pfx("10.0.0.0/8"), pfx("0.0.0.0/0"), pfx("172.16.99.128/25")},
+					Import: []PrefixRuleDoc{{Prefix: "172.16.0.0/12", MaxLength: 24}},
+					// The mesh's global addresses and the real CIDRs routed as they are (cloud-a's).
+					Export: []PrefixRuleDoc{{Prefix: "242.0.0.0/8", MaxLength: 32}, {Prefix: "10.0.0.0/8", MaxLength: 16}}}},
 		},
 		GlobalServices: []GlobalService{{Namespace: "default", Name: "web", Pods: []string{"cloud-a-pod1", "cloud-b-pod1"}, DeclaredBy: "onprem"}},
 	}
@@ -146,8 +159,8 @@ func Pair() Topology {
 		Name:       "pair",
 		GlobalCIDR: netip.MustParsePrefix(natpool.DefaultGlobalCIDR),
 		Sites: []Site{
-			{Name: "cloud-a", PodCIDR: pfx("10.0.0.0/16"), Block: pfx("242.0.0.0/16"), Nodes: 1, PodsPerNode: 1},
-			{Name: "cloud-b", PodCIDR: pfx("10.0.0.0/16"), Block: pfx("242.1.0.0/16"), Nodes: 1, PodsPerNode: 1},
+			{Name: "cloud-a", PodCIDR: pfx("10.0.0.0/16"), Block: pfx("242.0.0.0/16"), Nodes: 1, PodsPerNode: 1, Kubernetes: true},
+			{Name: "cloud-b", PodCIDR: pfx("10.0.0.0/16"), Block: pfx("242.1.0.0/16"), Nodes: 1, PodsPerNode: 1, Kubernetes: true},
 		},
 	}
 }
@@ -335,6 +348,12 @@ func Plan(t Topology, run string) (_ []Host, err error) {
 				hosts = append(hosts, h)
 			}
 		}
+		if s.Router != nil {
+			if err := checkRouter(s, t.GlobalCIDR); err != nil {
+				return nil, err
+			}
+			hosts = append(hosts, routerHosts(s, ns)...)
+		}
 	}
 	return hosts, nil
 }
@@ -412,6 +431,10 @@ func (s Site) PlanSite() natpool.Site {
 	ps := natpool.Site{Name: s.Name, Block: s.Block, Routable: s.Routable}
 	if s.PodCIDR.IsValid() {
 		ps.CIDRs = []netip.Prefix{s.PodCIDR}
+	}
+	if s.Router != nil {
+		// The data center's LAN: the gateway learns it by BGP.
+		ps.CIDRs = append(ps.CIDRs, s.Router.LAN)
 	}
 	return ps
 }

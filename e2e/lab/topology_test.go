@@ -59,6 +59,8 @@ onprem-lan switch strait-demo-onprem-lan
 onprem-gw gateway strait-demo-onprem-gw addr=172.31.0.1 wan=198.18.2.2
 onprem-node1 node strait-demo-onprem-node1 addr=172.31.0.11 pods=192.168.1.0/24
 onprem-pod1 pod strait-demo-onprem-pod1 addr=192.168.1.10 on=onprem-node1 ns=default app=pod1
+onprem-router router strait-demo-onprem-router addr=172.31.0.254 global=172.16.10.1
+onprem-dc1 dchost strait-demo-onprem-dc1 addr=172.16.10.10 on=onprem-router
 `
 	if got := render(hosts); got != want {
 		t.Errorf("plan:\n%s\nwant:\n%s", got, want)
@@ -196,4 +198,51 @@ func FuzzParseReply(f *testing.F) {
 			t.Fatalf("peer %s not in %q", r.Peer, s)
 		}
 	})
+}
+
+func TestBirdConfigAndRoutes(t *testing.T) {
+	m := Merger()
+	s := m.Sites[2]
+	hosts, err := Plan(m, "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var router Host
+	for _, h := range hosts {
+		if h.Role == RoleRouter {
+			router = h
+		}
+	}
+	conf := birdConfig(s, router, lanGWAddr, m.GlobalCIDR)
+	for _, want := range []string{
+		"router id 172.31.0.254;",
+		"local 172.31.0.254 as 64513;",
+		"neighbor 172.31.0.1 as 64512;",
+		"graceful restart on;",
+		"route 10.0.0.0/8 blackhole;",
+		"import filter { if net ~ [ 242.0.0.0/8{8,32}, 10.0.0.0/8{8,16} ] then accept; reject; };",
+	} {
+		if !strings.Contains(conf, want) {
+			t.Errorf("bird.conf lacks %q:\n%s", want, conf)
+		}
+	}
+	got := parseRoutes("242.0.0.0/16 via 172.31.0.1 dev eth0 proto bird metric 32\n242.255.0.187 via 172.31.0.1 dev eth0 proto bird metric 32\ndefault dev eth0 proto bird\n")
+	want := map[netip.Prefix]netip.Addr{
+		pfx("242.0.0.0/16"):     netip.MustParseAddr("172.31.0.1"),
+		pfx("242.255.0.187/32"): netip.MustParseAddr("172.31.0.1"),
+		pfx("0.0.0.0/0"):        {},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %v", got)
+	}
+	for p, nh := range want {
+		if got[p] != nh {
+			t.Errorf("%s: got %s, want %s", p, got[p], nh)
+		}
+	}
+	bad := s
+	bad.Router = &Router{ASN: 1, GatewayASN: 2, LAN: pfx("192.168.5.0/24")}
+	if err := checkRouter(bad, m.GlobalCIDR); err == nil {
+		t.Error("a router LAN inside the pod CIDR was taken")
+	}
 }

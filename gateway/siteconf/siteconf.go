@@ -20,6 +20,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/straitnet/strait/discovery/meshpolicy"
+	"github.com/straitnet/strait/gateway/bgp"
 	"github.com/straitnet/strait/gateway/internal/yamlpos"
 	"github.com/straitnet/strait/natpool"
 )
@@ -39,6 +40,8 @@ type Config struct {
 	// objects).
 	GlobalServices []meshpolicy.GlobalService
 	Policies       []meshpolicy.Policy
+	// BGP, when set, has the gateway peer with the site's routers.
+	BGP *bgp.Config
 }
 
 // Pool is a pool and where the file defines it.
@@ -132,11 +135,11 @@ func name(d *yamlpos.Decoder, n *yaml.Node, field string) string {
 
 func parse(d *yamlpos.Decoder, data []byte) *Config {
 	c := Empty()
-	top := d.Document(data, "pools, services, egress, pods, globalServices or firewallPolicies")
+	top := d.Document(data, "pools, services, egress, pods, globalServices, firewallPolicies or bgp")
 	if top == nil {
 		return c
 	}
-	f := d.Fields(top, "", "pools", "holdDown", "services", "egress", "pods", "globalServices", "firewallPolicies")
+	f := d.Fields(top, "", "pools", "holdDown", "services", "egress", "pods", "globalServices", "firewallPolicies", "bgp")
 	if f == nil {
 		return c
 	}
@@ -209,6 +212,9 @@ func parse(d *yamlpos.Decoder, data []byte) *Config {
 	}
 	if n := f["firewallPolicies"]; n != nil {
 		c.Policies = firewallPolicies(d, n)
+	}
+	if n := f["bgp"]; n != nil {
+		c.BGP = bgpSection(d, n)
 	}
 	if n := f["pods"]; n != nil {
 		seen := map[netip.Addr]int{}

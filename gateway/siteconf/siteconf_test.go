@@ -3,10 +3,12 @@ package siteconf
 import (
 	"errors"
 	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/straitnet/strait/gateway/bgp"
 	"github.com/straitnet/strait/gateway/internal/yamlpos"
 	"github.com/straitnet/strait/natpool"
 )
@@ -76,6 +78,35 @@ func TestEmptyUsesDefaultPools(t *testing.T) {
 	}
 }
 
+func TestParseBGP(t *testing.T) {
+	c, err := Parse("site.yaml", []byte(`
+bgp:
+  asn: 64512
+  routerID: 172.31.0.1
+  holdTime: 9s
+  gracefulRestart: {restartTime: 60s}
+  peers:
+    - {name: dc-router, address: 172.31.0.254, asn: 64513}
+  import:
+    - {prefix: 172.16.0.0/12, maxLength: 24}
+  export:
+    - {prefix: 242.0.0.0/8, maxLength: 32}
+    - {prefix: 192.168.0.0/16}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &bgp.Config{
+		ASN: 64512, RouterID: netip.MustParseAddr("172.31.0.1"), HoldTime: 9 * time.Second, RestartTime: time.Minute,
+		Peers:  []bgp.Peer{{Name: "dc-router", Address: netip.MustParseAddr("172.31.0.254"), ASN: 64513}},
+		Import: []bgp.PrefixRule{{Prefix: netip.MustParsePrefix("172.16.0.0/12"), MaxLength: 24}},
+		Export: []bgp.PrefixRule{{Prefix: netip.MustParsePrefix("242.0.0.0/8"), MaxLength: 32}, {Prefix: netip.MustParsePrefix("192.168.0.0/16")}},
+	}
+	if !reflect.DeepEqual(c.BGP, want) {
+		t.Errorf("got %+v\nwant %+v", c.BGP, want)
+	}
+}
+
 func TestRefuses(t *testing.T) {
 	tests := []struct {
 		name, in, want string
@@ -96,8 +127,15 @@ func TestRefuses(t *testing.T) {
 		{"rule names a missing pool", "egress: {rules: [{name: r, namespace: x, pool: nope}]}", `egress.rules[0].pool: pool "nope" does not exist`},
 		{"egress default an ingress pool", "egress: {pool: ingress}", `site.yaml:1:16: egress.pool: pool "ingress" is an ingress pool`},
 		{"pod outside the site", "pods: [{namespace: a, name: b, ip: 192.168.1.1}]", `site.yaml:1:36: pods[0].ip: 192.168.1.1 is not in cloud-b's real CIDRs`},
-		{"unknown field", "service: []", `unknown field (known fields: pools, holdDown, services, egress, pods, globalServices, firewallPolicies)`},
+		{"unknown field", "service: []", `unknown field (known fields: pools, holdDown, services, egress, pods, globalServices, firewallPolicies, bgp)`},
 		{"bad hold-down", "holdDown: forever", `"forever" is not a duration`},
+		{"bgp without peers", "bgp: {asn: 64512, routerID: 10.0.0.1, peers: []}", `bgp: peers: at least one is required`},
+		{"bgp peer twice", "bgp: {asn: 64512, routerID: 10.0.0.1, peers: [{name: a, address: 10.0.0.2, asn: 1}, {name: b, address: 10.0.0.2, asn: 1}]}", `peers[1].address: 10.0.0.2 appears twice`},
+		{"bgp asn", "bgp: {asn: 0, routerID: 10.0.0.1, peers: [{name: a, address: 10.0.0.2, asn: 1}]}", `bgp.asn: "0" is not an AS number`},
+		{"bgp router ID", "bgp: {asn: 1, routerID: nope, peers: [{name: a, address: 10.0.0.2, asn: 1}]}", `bgp.routerID: "nope"`},
+		{"bgp import length", "bgp: {asn: 1, routerID: 10.0.0.1, peers: [{name: a, address: 10.0.0.2, asn: 1}], import: [{prefix: 172.16.0.0/12, maxLength: 8}]}", `bgp.import[0].maxLength: "8" is not a prefix length (12-32)`},
+		{"bgp restart time", "bgp: {asn: 1, routerID: 10.0.0.1, gracefulRestart: {restartTime: 2h}, peers: [{name: a, address: 10.0.0.2, asn: 1}]}", `gracefulRestart.restartTime: 2h0m0s is outside 1s to 4095s`},
+		{"bgp unknown field", "bgp: {asn: 1, routerID: 10.0.0.1, peers: [{name: a, address: 10.0.0.2, asn: 1, password: x}]}", `bgp.peers[0].password: unknown field`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -120,10 +158,17 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("pools: [{name: a, kind: ingress, cidr: 242.1.0.0/24}]\nservices: [{namespace: d, name: w, backend: 10.0.1.1, ports: [{port: 1}]}]"))
 	f.Add([]byte("egress: {rules: [{name: r, podSelector: {a: b}}]}"))
 	f.Add([]byte(meshPolicyDoc))
+	f.Add([]byte("bgp: {asn: 64512, routerID: 10.0.0.1, peers: [{name: r, address: 10.0.0.2, asn: 64513}], import: [{prefix: 172.16.0.0/12, maxLength: 24}]}"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse("fuzz.yaml", data)
 		if err != nil {
 			return
+		}
+		if c.BGP != nil {
+			// What the parser takes, the speaker takes.
+			if err := c.BGP.Validate(); err != nil {
+				t.Fatalf("bgp section accepted that does not validate: %v", err)
+			}
 		}
 		if c.Check("x", block, cidrs, keep) != nil {
 			return
