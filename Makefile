@@ -13,11 +13,12 @@ LDFLAGS := -X main.version=$(VERSION)
 # Debian packages the lab and the tests use, and a command of each.
 DEB_PACKAGES := iproute2:ip nftables:nft wireguard-tools:wg wireguard-go:wireguard-go \
 	iperf3:iperf3 iputils-ping:ping conntrack:conntrack tcpdump:tcpdump etcd-server:etcd \
-	dnsperf:dnsperf bind9-dnsutils:dig prometheus:promtool chromium:chromium
+	dnsperf:dnsperf bind9-dnsutils:dig prometheus:promtool chromium:chromium \
+	bird2:bird
 # Debian packages whose files are not in PATH, and a file of each.
 DEB_FILES := containernetworking-plugins:/usr/lib/cni/bridge
 
-.PHONY: all build deps demo test check kube-apiserver bench fuzz generate clean
+.PHONY: all build deps demo test check kube-binaries bench fuzz generate clean
 
 all: build
 
@@ -46,10 +47,10 @@ build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
 	$(GO) build -o $(BIN)/wireguard-go golang.zx2c4.com/wireguard
 
-## demo: the merger topology with everything working
-demo: deps build
+## demo: the merger topology with everything working, the clouds on real kube-apiservers
+demo: deps build kube-binaries
 	@$(BIN)/strait lab down --run demo >/dev/null
-	@$(BIN)/strait lab up --run demo --topology merger
+	@$(BIN)/strait lab up --run demo --topology merger --kube
 	@echo
 	@$(BIN)/strait lab matrix --run demo --paths
 	@echo
@@ -59,6 +60,33 @@ demo: deps build
 	@echo "default/web is exported by cloud-a and cloud-b and global: one VIP, balanced by onprem's gateway over both clouds:"
 	@$(BIN)/strait lab exec --run demo onprem-pod1 -- dig +noall +answer @172.31.0.1 web.default.svc.clusterset.local
 	@$(BIN)/strait lab connect --run demo -n 20 onprem-pod1 $$($(BIN)/strait lab exec --run demo onprem-pod1 -- dig +short @172.31.0.1 web.default.svc.clusterset.local)
+	@echo
+	@echo "cloud-a and cloud-b are Kubernetes clusters, each with its own kube-apiserver, both with services on 10.96.0.0/12."
+	@echo "cloud-b exports demo/app (a Service on port 80 in front of cloud-b-pod1, and a ServiceExport);"
+	@echo "cloud-a gets the namespace demo: the MCS API imports only into namespaces that exist:"
+	@$(BIN)/strait lab kube --run demo cloud-a apply -f e2e/lab/demo/namespace.yaml
+	@$(BIN)/strait lab kube --run demo cloud-b apply -f e2e/lab/demo/app.yaml
+	@echo
+	@echo "cloud-a's gateway learns the export by gossip and makes the ServiceImport in cloud-a:"
+	@$(BIN)/strait lab kube --run demo cloud-a get serviceimports app -n demo --wait 60s
+	@echo
+	@echo "cloud-a-pod1 resolves it through cloud-a's gateway:"
+	@$(BIN)/strait lab exec --run demo cloud-a-pod1 -- dig +noall +answer @172.31.0.1 app.demo.svc.clusterset.local
+	@echo
+	@echo "one connection from cloud-a-pod1 to app.demo.svc.clusterset.local:80, through every translation, from the kernel's conntrack tables:"
+	@$(BIN)/strait lab trace --run demo cloud-a-pod1 app.demo.svc.clusterset.local:80
+	@echo
+	@echo "onprem's data center is behind a BIRD router (onprem-router). onprem's gateway peers with it over BGP: it learned the"
+	@echo "data center's LAN 172.16.10.0/24 through its import filter, refused what is not the site's, and announced the mesh:"
+	@$(BIN)/strait status --socket /run/strait/lab/demo/onprem/gateway.sock | sed -n '/bgp:/,/REFUSED/p'
+	@echo
+	@echo "the router's routes, learned from the gateway through its export filter:"
+	@$(BIN)/strait lab exec --run demo onprem-router -- ip route show proto bird
+	@echo
+	@echo "onprem-dc1 (172.16.10.10, in the data center) reaches the VIP; the clouds reach it, the LAN having joined onprem's CIDRs:"
+	@$(BIN)/strait lab connect --run demo -n 10 onprem-dc1 $$($(BIN)/strait lab exec --run demo onprem-pod1 -- dig +short @172.31.0.1 web.default.svc.clusterset.local)
+	@$(BIN)/strait lab connect --run demo -n 2 cloud-a-pod1 172.16.10.10
+	@$(BIN)/strait lab connect --run demo -n 2 cloud-b-pod1 172.16.10.10
 	@echo
 	@$(BIN)/strait lab status --run demo | sed -n '/^gateway/,$$p'
 	@echo
@@ -70,6 +98,11 @@ demo: deps build
 	@echo "  $(BIN)/strait lab exec cloud-b-gw -- conntrack -L        translated flows"
 	@echo "  $(BIN)/strait lab exec onprem-gw -- nft list table ip strait-lb   onprem's load balancer (Maglev tables)"
 	@echo "  $(BIN)/strait lab connect onprem-pod1 242.255.0.187         connections to the VIP, by backend"
+	@echo "  $(BIN)/strait lab trace cloud-a-pod1 app.demo.svc.clusterset.local:80   one connection, hop by hop"
+	@echo "  $(BIN)/strait lab kube cloud-b get svc -n demo           cloud-b's cluster (apply -f FILE, get RESOURCE [NAME])"
+	@echo "  $(BIN)/strait lab exec cloud-b-node1 -- nft list table ip kube-proxy   kube-proxy's ClusterIPs on a node"
+	@echo "  $(BIN)/strait lab exec onprem-router -- birdc -s /run/strait/lab/demo/onprem/bird.ctl show route   BIRD's view"
+	@echo "  $(BIN)/strait lab exec onprem-gw -- ip route show proto 242   routes onprem's gateway learned by BGP"
 	@echo "  $(BIN)/strait lab exec cloud-b-pod1 -- dig @172.31.0.1 cloud-a-pod1.default.svc.clusterset.local"
 	@echo "                                                          cloud-a's service, as cloud-b's gateway learned it"
 	@echo "  cat /run/strait/lab/demo/cloud-a/mesh.yaml               all a gateway is told; the rest comes from gossip"
@@ -78,13 +111,13 @@ demo: deps build
 	@echo "Tear it down with: $(BIN)/strait lab down"
 
 ## test: everything; root-only tests fail rather than skip under CI=true
-test: deps build check kube-apiserver
+test: deps build check kube-binaries
 	$(GO) test -race -timeout 20m ./...
 
-## kube-apiserver: the tests' API server, built from k8s.io/kubernetes at the version
-## e2e/kube/apiserver pins, once (minutes the first time), then cached
-kube-apiserver: build
-	@echo "kube-apiserver for the tests: $$($(BIN)/strait lab kube-apiserver)"
+## kube-binaries: kube-apiserver (tests and lab) and kube-proxy (lab nodes), built from
+## k8s.io/kubernetes at the version e2e/kube/apiserver pins, once (minutes the first time), then cached
+kube-binaries: build
+	@$(BIN)/strait lab kube-apiserver | sed 's/^/kube binary: /'
 
 ## check: formatting, vet, go.mod tidiness
 check:

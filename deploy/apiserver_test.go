@@ -18,7 +18,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/discovery"
@@ -105,17 +104,7 @@ func TestManifestsOnAPIServer(t *testing.T) {
 		pod := &corev1.Pod{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"}, ObjectMeta: tmpl.ObjectMeta, Spec: tmpl.Spec}
 		pod.Name, pod.Namespace = tmpl.Labels["app.kubernetes.io/name"]+"-dry-run", namespace
 		opts := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict"}
-		_, err := kc.CoreV1().Pods(namespace).Create(ctx, pod, opts)
-		if obj, convErr := runtime.DefaultUnstructuredConverter.ToUnstructured(pod); convErr == nil {
-			if raw, ok := unprivileged(t, obj, err); ok {
-				pod = &corev1.Pod{}
-				if err := json.Unmarshal(raw, pod); err != nil {
-					t.Fatal(err)
-				}
-				_, err = kc.CoreV1().Pods(namespace).Create(ctx, pod, opts)
-			}
-		}
-		if err != nil {
+		if _, err := kc.CoreV1().Pods(namespace).Create(ctx, pod, opts); err != nil {
 			t.Errorf("a pod of %s: %v", pod.Labels["app.kubernetes.io/name"], err)
 		}
 	}
@@ -158,60 +147,13 @@ func apply(ctx context.Context, t *testing.T, dyn dynamic.Interface, mapper meta
 	if dryRun {
 		opts.DryRun = []string{metav1.DryRunAll}
 	}
-	_, err = ri.Patch(ctx, d.obj.GetName(), types.ApplyPatchType, d.raw, opts)
-	if raw, ok := unprivileged(t, d.obj.Object, err); ok {
-		_, err = ri.Patch(ctx, d.obj.GetName(), types.ApplyPatchType, raw, opts)
-	}
-	if err != nil {
+	if _, err = ri.Patch(ctx, d.obj.GetName(), types.ApplyPatchType, d.raw, opts); err != nil {
 		what := "refused"
 		if dryRun {
 			what = "refused in a dry run"
 		}
 		t.Errorf("%s: %s: %v", d, what, err)
 	}
-}
-
-// unprivileged is obj with its containers unprivileged, when err is the
-// refusal of a kube-apiserver that runs without --allow-privileged (as
-// e2e/kube's does; real clusters allow it, and CNI agents need it): the
-// rest of the object is still checked.
-func unprivileged(t *testing.T, obj map[string]any, err error) ([]byte, bool) {
-	t.Helper()
-	if err == nil || !strings.Contains(err.Error(), "privileged: Forbidden: disallowed by cluster policy") {
-		return nil, false
-	}
-	cp := runtime.DeepCopyJSON(obj)
-	spec, ok, _ := unstructured.NestedFieldNoCopy(cp, "spec", "template", "spec") // a workload
-	if !ok {
-		spec, _, _ = unstructured.NestedFieldNoCopy(cp, "spec") // a pod
-	}
-	podSpec, _ := spec.(map[string]any)
-	for _, kind := range []string{"initContainers", "containers"} {
-		cs, _ := podSpec[kind].([]any)
-		for _, c := range cs {
-			cm := c.(map[string]any)
-			sc, ok := cm["securityContext"].(map[string]any)
-			if !ok || sc["privileged"] != true {
-				continue
-			}
-			sc["privileged"] = false
-			// What only a privileged container may have.
-			mounts, _ := cm["volumeMounts"].([]any)
-			for _, m := range mounts {
-				if mm := m.(map[string]any); mm["mountPropagation"] == "Bidirectional" {
-					mm["mountPropagation"] = "HostToContainer"
-				}
-			}
-		}
-	}
-	raw, jerr := json.Marshal(cp)
-	if jerr != nil {
-		t.Fatal(jerr)
-	}
-	u := unstructured.Unstructured{Object: obj}
-	t.Logf("this kube-apiserver refuses privileged containers (it runs without --allow-privileged, unlike real clusters): "+
-		"checking %s %s again with privileged: false (and no Bidirectional mounts)", u.GetKind(), u.GetName())
-	return raw, true
 }
 
 // as is a client configuration that impersonates a service account of

@@ -61,7 +61,11 @@ func newLabWith(t *testing.T, topo lab.Topology, o lab.Options) *lab.Lab {
 	nstest.RequireRoot(t)
 	nstest.RequireCommands(t, "ip", "nft", "wg", "wg-quick", "wireguard-go", "ping")
 	run := "t" + nstest.RunID()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	timeout := time.Minute
+	if o.Kube {
+		timeout = 3 * time.Minute // clusters start on a machine busy with other labs
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	o.Run, o.GatewayBin, o.StraitBin, o.WireGuard = run, bins.gateway, bins.strait, "auto"
 	l, err := lab.Up(ctx, topo, o)

@@ -27,7 +27,7 @@ import (
 
 func labCmd(args []string) error {
 	if len(args) == 0 {
-		return usagef("lab: which subcommand? (up, status, matrix, exec, connect, wan, down, ls)")
+		return usagef("lab: which subcommand? (up, status, matrix, exec, connect, trace, kube, wan, down, ls)")
 	}
 	sub, args := args[0], args[1:]
 	switch sub {
@@ -41,6 +41,10 @@ func labCmd(args []string) error {
 		return labExec(args)
 	case "connect":
 		return labConnect(args)
+	case "trace":
+		return labTrace(args)
+	case "kube":
+		return labKube(args)
 	case "wan":
 		return labWAN(args)
 	case "down":
@@ -83,6 +87,7 @@ func labUp(args []string) error {
 	quiet := fs.Bool("quiet", false, "print nothing but errors")
 	vips := fs.String("vip-range", "242.255.0.0/24", "the mesh's VIP range: gateways balance global services (empty: no load balancer)")
 	disc := fs.Bool("discovery", true, "gateways learn each other through the gossip catalog, each from a mesh file of its own, and answer clusterset.local; false: one shared mesh file lists every site")
+	kubeOn := fs.Bool("kube", false, "the topology's Kubernetes sites run clusters: kube-apiserver and etcd in the gateway, kube-proxy on the nodes (`strait lab kube` reaches them)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -112,7 +117,7 @@ func labUp(args []string) error {
 	defer stop()
 	l, err := lab.Up(ctx, t, lab.Options{
 		Run: *run, Dir: *dir, GatewayBin: *gwBin, StraitBin: self,
-		WireGuard: *wg, WireGuardGo: *wgGo, Log: log, Discovery: *disc, VIPRange: vipRange,
+		WireGuard: *wg, WireGuardGo: *wgGo, Log: log, Discovery: *disc, VIPRange: vipRange, Kube: *kubeOn,
 	})
 	if err != nil {
 		return err
@@ -392,17 +397,19 @@ func labWANEmulator(args []string) error {
 	return wanemu.Daemon(ctx, *cfg, slog.New(slog.NewTextHandler(os.Stderr, nil)))
 }
 
-// labKubeAPIServer builds the pinned kube-apiserver into the cache, if it
-// is not there yet, and prints its path.
+// labKubeAPIServer builds the pinned kube-apiserver and kube-proxy into
+// the cache, if they are not there yet, and prints their paths.
 func labKubeAPIServer(args []string) error {
 	fs := flag.NewFlagSet("lab kube-apiserver", flag.ContinueOnError)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	path, err := kube.Binary(context.Background())
-	if err != nil {
-		return err
+	for _, build := range []func(context.Context) (string, error){kube.Binary, kube.ProxyBinary} {
+		path, err := build(context.Background())
+		if err != nil {
+			return err
+		}
+		fmt.Println(path)
 	}
-	fmt.Println(path)
 	return nil
 }

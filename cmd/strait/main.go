@@ -15,7 +15,7 @@ var version = "dev"
 const usage = `strait: multi-cloud cluster mesh with centralized NAT.
 
 Usage:
-  strait lab up [--run ID] [--topology merger|pair|FILE]   build a lab and start its gateways
+  strait lab up [--run ID] [--topology merger|pair|FILE] [--kube]   build a lab and start its gateways
   strait lab status [--run ID]                              hosts, gateways, tunnels of a lab
   strait lab matrix [--run ID] [--paths]                    connectivity matrix from real traffic
   strait lab exec [--run ID] HOST [-- COMMAND [ARGS...]]     run a command in a lab host (default: a shell)
@@ -23,7 +23,10 @@ Usage:
   strait lab wan [--run ID] SITE [--latency D] [--jitter D] [--loss PCT]   change a site's WAN link
   strait lab down [--run ID | --all]                        remove a lab, also after a crash
   strait lab ls                                             list labs
-  strait lab kube-apiserver                                 build the tests' kube-apiserver (cached) and print its path
+  strait lab trace [--run ID] HOST NAME[:PORT]              one connection's path through every translation, from conntrack
+  strait lab kube [--run ID] SITE apply -f FILE | get RESOURCE [NAME] [-n NS]
+                                                            a lab cluster's objects (labs up with --kube)
+  strait lab kube-apiserver                                 build kube-apiserver and kube-proxy (cached) and print their paths
   strait config wg-quick SITE [--mesh FILE] [--private-key-file PATH]
                                                             wg-quick configuration for a plain WireGuard site
   strait config check [--mesh FILE]                         validate a mesh configuration

@@ -1,12 +1,15 @@
-// Package kube runs real Kubernetes API servers for strait's tests: one
-// etcd (Debian's etcd-server) and one kube-apiserver per simulated cluster,
-// on loopback ports of their own, with a token that is cluster-admin.
+// Package kube runs real Kubernetes API servers for strait's tests and
+// lab: one etcd (Debian's etcd-server) and one kube-apiserver per
+// simulated cluster, with a token that is cluster-admin. Tests run them
+// on loopback ports of their own, tied to the test process; the lab runs
+// them detached inside a gateway's network namespace (StartWith), and
+// kube-proxy on its nodes (ProxyConfig).
 //
-// The kube-apiserver is built from k8s.io/kubernetes through the module
-// proxy, at the version pinned in e2e/kube/apiserver/go.mod, once: the
-// binary is cached under the user's cache directory by the hash of the
-// pinned module files, and a file lock makes parallel test packages wait
-// for one build instead of each making its own.
+// kube-apiserver and kube-proxy are built from k8s.io/kubernetes through
+// the module proxy, at the version pinned in e2e/kube/apiserver/go.mod,
+// once: the binaries are cached under the user's cache directory by the
+// hash of the pinned module files, and a file lock makes parallel test
+// packages wait for one build instead of each making its own.
 package kube
 
 import (
@@ -21,6 +24,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,6 +36,8 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/straitnet/strait/e2e/netns"
 )
 
 // moduleDir is the nested module that pins the kube-apiserver.
@@ -62,9 +68,23 @@ func cacheDir() (string, error) {
 
 // Binary returns the path of the cached kube-apiserver, building it first
 // if the pinned version has none yet. The build takes minutes the first
-// time (much less with a warm Go build cache).
+// time (much less with a warm Go build cache). STRAIT_KUBE_APISERVER
+// names a binary to use instead.
 func Binary(ctx context.Context) (string, error) {
-	if p := os.Getenv("STRAIT_KUBE_APISERVER"); p != "" {
+	return binary(ctx, "kube-apiserver", "STRAIT_KUBE_APISERVER")
+}
+
+// ProxyBinary returns the path of the cached kube-proxy, built like the
+// kube-apiserver from the same pinned k8s.io/kubernetes. STRAIT_KUBE_PROXY
+// names a binary to use instead.
+func ProxyBinary(ctx context.Context) (string, error) {
+	return binary(ctx, "kube-proxy", "STRAIT_KUBE_PROXY")
+}
+
+// binary returns the cached build of k8s.io/kubernetes/cmd/<name>,
+// building it first if the pinned module files have none yet.
+func binary(ctx context.Context, name, env string) (string, error) {
+	if p := os.Getenv(env); p != "" {
 		return p, nil
 	}
 	mod, err := moduleDir()
@@ -87,7 +107,7 @@ func Binary(ctx context.Context) (string, error) {
 	if err := os.MkdirAll(cache, 0o755); err != nil {
 		return "", fmt.Errorf("kube: %w", err)
 	}
-	bin := filepath.Join(cache, "kube-apiserver-"+hex.EncodeToString(h.Sum(nil))[:16])
+	bin := filepath.Join(cache, name+"-"+hex.EncodeToString(h.Sum(nil))[:16])
 	if _, err := os.Stat(bin); err == nil {
 		return bin, nil
 	}
@@ -104,16 +124,16 @@ func Binary(ctx context.Context) (string, error) {
 		return bin, nil // another process built it while we waited
 	}
 	tmp := bin + ".tmp"
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", tmp, "k8s.io/kubernetes/cmd/kube-apiserver")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", tmp, "k8s.io/kubernetes/cmd/"+name)
 	cmd.Dir = mod
 	start := time.Now()
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("kube: build kube-apiserver in %s: %v\n%s", mod, err, out)
+		return "", fmt.Errorf("kube: build %s in %s: %v\n%s", name, mod, err, out)
 	}
 	if err := os.Rename(tmp, bin); err != nil {
 		return "", fmt.Errorf("kube: %w", err)
 	}
-	fmt.Fprintf(os.Stderr, "kube: built kube-apiserver in %s into %s\n", time.Since(start).Round(time.Second), bin)
+	fmt.Fprintf(os.Stderr, "kube: built %s in %s into %s\n", name, time.Since(start).Round(time.Second), bin)
 	return bin, nil
 }
 
@@ -124,17 +144,63 @@ type Server struct {
 	URL    string
 	Token  string
 	CAFile string
-	// Kubeconfig is a kubeconfig file for kubectl and friends.
+	// Kubeconfig is a kubeconfig file for kubectl and friends (and
+	// processes inside the server's namespace).
 	Kubeconfig string
 	Dir        string
+	// Procs are etcd and the API server, for a caller that ends them
+	// itself (Options.Detached).
+	Procs []Proc
 
+	// dial reaches the server's namespace (nil: this process's).
+	dial            func(ctx context.Context, network, addr string) (net.Conn, error)
 	etcd, apiserver *exec.Cmd
 	done            []chan struct{}
 }
 
+// Proc is a process a Server started.
+type Proc struct {
+	Name string // "etcd", "kube-apiserver"
+	Pid  int
+	Log  string
+}
+
+// Options say where and how StartWith runs a cluster. The zero value is
+// what Start does: etcd and the API server in this process's network
+// namespace, on free loopback ports, killed when this process dies.
+type Options struct {
+	// NS is the named network namespace to run etcd and the API server
+	// in; empty: this process's. Its loopback must be up.
+	NS string
+	// Addr is the address the API server binds and advertises (the
+	// address of the cluster's "kubernetes" Service endpoint); default
+	// 127.0.0.1. etcd listens on 127.0.0.1 only.
+	Addr netip.Addr
+	// EtcdPort, EtcdPeerPort and Port are etcd's client and peer ports
+	// and the API server's; zero takes free ports of this process's
+	// loopback or, inside NS (a namespace of the cluster's own, where
+	// nothing else listens), 2379, 2380 and 6443.
+	EtcdPort, EtcdPeerPort, Port int
+	// ServiceCIDR is the cluster's service CIDR; default 10.96.0.0/12.
+	ServiceCIDR netip.Prefix
+	// Detached runs the processes in sessions of their own and without a
+	// parent-death signal, so that they outlive the caller, which ends
+	// them itself (by Server.Procs, or with their namespace).
+	Detached bool
+}
+
+// DefaultServiceCIDR is a cluster's service CIDR unless Options say
+// otherwise: kubeadm's default.
+var DefaultServiceCIDR = netip.MustParsePrefix("10.96.0.0/12")
+
 // Start runs etcd and a kube-apiserver with their data in dir (created;
 // the caller removes it) and returns once the API server is ready.
-func Start(ctx context.Context, dir string) (_ *Server, err error) {
+func Start(ctx context.Context, dir string) (*Server, error) {
+	return StartWith(ctx, dir, Options{})
+}
+
+// StartWith is Start as the options say.
+func StartWith(ctx context.Context, dir string, o Options) (_ *Server, err error) {
 	etcdBin, err := exec.LookPath("etcd")
 	if err != nil {
 		return nil, errors.New("kube: etcd is missing (Debian's etcd-server; `make deps` installs it)")
@@ -143,7 +209,30 @@ func Start(ctx context.Context, dir string) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if !o.Addr.IsValid() {
+		o.Addr = netip.MustParseAddr("127.0.0.1")
+	}
+	if !o.ServiceCIDR.IsValid() {
+		o.ServiceCIDR = DefaultServiceCIDR
+	}
+	ports := []int{o.EtcdPort, o.EtcdPeerPort, o.Port}
+	free, err := freePorts(3) // distinct: all three are held open at once
+	if err != nil {
+		return nil, err
+	}
+	for i, fixed := range []int{2379, 2380, 6443} {
+		switch {
+		case ports[i] != 0:
+		case o.NS != "":
+			ports[i] = fixed
+		default:
+			ports[i] = free[i]
+		}
+	}
 	s := &Server{Dir: dir, Token: randomToken()}
+	if o.NS != "" {
+		s.dial = netns.NS{Name: o.NS}.DialContext
+	}
 	defer func() {
 		if err != nil {
 			s.Stop()
@@ -154,12 +243,8 @@ func Start(ctx context.Context, dir string) (_ *Server, err error) {
 			return nil, fmt.Errorf("kube: %w", err)
 		}
 	}
-	ports, err := freePorts(3)
-	if err != nil {
-		return nil, err
-	}
 	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
-	s.etcd, err = s.spawn(etcdBin, filepath.Join(dir, "etcd.log"),
+	s.etcd, err = s.spawn(o, "etcd", etcdBin, filepath.Join(dir, "etcd.log"),
 		"--data-dir", filepath.Join(dir, "etcd"),
 		"--listen-client-urls", etcdURL, "--advertise-client-urls", etcdURL,
 		"--listen-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", ports[1]),
@@ -169,7 +254,8 @@ func Start(ctx context.Context, dir string) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := waitHTTP(ctx, http.DefaultClient, etcdURL+"/health", "", 20*time.Second); err != nil {
+	plain := &http.Client{Transport: &http.Transport{DialContext: s.dial}}
+	if err := waitHTTP(ctx, plain, etcdURL+"/health", "", 20*time.Second); err != nil {
 		return nil, fmt.Errorf("kube: etcd: %w\n%s", err, tail(filepath.Join(dir, "etcd.log")))
 	}
 	key, pub, err := serviceAccountKeys(dir)
@@ -180,23 +266,29 @@ func Start(ctx context.Context, dir string) (_ *Server, err error) {
 	if err := os.WriteFile(tokens, []byte(s.Token+`,admin,admin,"system:masters"`+"\n"), 0o600); err != nil {
 		return nil, fmt.Errorf("kube: %w", err)
 	}
-	s.URL = fmt.Sprintf("https://127.0.0.1:%d", ports[2])
-	s.apiserver, err = s.spawn(apiBin, filepath.Join(dir, "apiserver.log"),
+	s.URL = "https://" + netip.AddrPortFrom(o.Addr, uint16(ports[2])).String()
+	args := []string{
 		"--etcd-servers", etcdURL,
-		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(ports[2]),
+		"--bind-address", o.Addr.String(), "--secure-port", strconv.Itoa(ports[2]),
 		"--cert-dir", filepath.Join(dir, "certs"),
-		"--service-cluster-ip-range", "10.96.0.0/12",
+		"--service-cluster-ip-range", o.ServiceCIDR.String(),
 		"--service-account-issuer", "https://kubernetes.default.svc",
 		"--service-account-key-file", pub, "--service-account-signing-key-file", key,
 		"--token-auth-file", tokens,
 		"--authorization-mode", "RBAC",
+		// As real clusters: CNI agents run privileged.
+		"--allow-privileged=true",
 		"--enable-priority-and-fairness=false",
-		"--profiling=false")
+		"--profiling=false"}
+	if o.NS != "" || o.Addr != netip.MustParseAddr("127.0.0.1") {
+		args = append(args, "--advertise-address", o.Addr.String())
+	}
+	s.apiserver, err = s.spawn(o, "kube-apiserver", apiBin, filepath.Join(dir, "apiserver.log"), args...)
 	if err != nil {
 		return nil, err
 	}
 	s.CAFile = filepath.Join(dir, "certs", "apiserver.crt")
-	insecure := &http.Client{Transport: &http.Transport{TLSClientConfig: insecureTLS()}}
+	insecure := &http.Client{Transport: &http.Transport{TLSClientConfig: insecureTLS(), DialContext: s.dial}}
 	if err := waitHTTP(ctx, insecure, s.URL+"/readyz", s.Token, 60*time.Second); err != nil {
 		return nil, fmt.Errorf("kube: kube-apiserver: %w\n%s", err, tail(filepath.Join(dir, "apiserver.log")))
 	}
@@ -207,7 +299,8 @@ func Start(ctx context.Context, dir string) (_ *Server, err error) {
 	return s, nil
 }
 
-// Config is a client configuration for the server, as cluster-admin.
+// Config is a client configuration for the server, as cluster-admin; it
+// dials inside the server's namespace.
 func (s *Server) Config() *rest.Config {
 	return &rest.Config{
 		Host:            s.URL,
@@ -215,6 +308,7 @@ func (s *Server) Config() *rest.Config {
 		TLSClientConfig: rest.TLSClientConfig{CAFile: s.CAFile},
 		QPS:             1000,
 		Burst:           2000,
+		Dial:            s.dial,
 	}
 }
 
@@ -258,15 +352,22 @@ func (s *Server) Stop() error {
 	return nil
 }
 
-func (s *Server) spawn(bin, logPath string, args ...string) (*exec.Cmd, error) {
+func (s *Server) spawn(o Options, name, bin, logPath string, args ...string) (*exec.Cmd, error) {
 	logf, err := os.Create(logPath)
 	if err != nil {
 		return nil, fmt.Errorf("kube: %w", err)
 	}
 	cmd := exec.Command(bin, args...)
+	if o.NS != "" {
+		cmd = netns.NS{Name: o.NS}.Command(bin, args...)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
-	// Stop with the test process, even if it dies without cleaning up.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if o.Detached {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	} else {
+		// Stop with the test process, even if it dies without cleaning up.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return nil, fmt.Errorf("kube: start %s: %w", bin, err)
@@ -278,6 +379,7 @@ func (s *Server) spawn(bin, logPath string, args ...string) (*exec.Cmd, error) {
 		close(done)
 	}()
 	s.done = append(s.done, done)
+	s.Procs = append(s.Procs, Proc{Name: name, Pid: cmd.Process.Pid, Log: logPath})
 	return cmd, nil
 }
 

@@ -47,6 +47,11 @@ type Options struct {
 	// Kubeconfigs gives sites' gateways a cluster's API (--kubeconfig),
 	// as seen from the gateway's namespace.
 	Kubeconfigs map[string]string
+	// Kube makes every site of the topology marked Kubernetes a cluster
+	// of its own: kube-apiserver and etcd in its gateway's namespace,
+	// kube-proxy on its nodes, all lab processes (see kube.go). Its
+	// gateway gets the kubeconfig.
+	Kube bool
 	// BeforeGateways runs once the network is built, before the
 	// gateways start (to reach services into the namespaces).
 	BeforeGateways func(*Lab) error
@@ -82,6 +87,8 @@ type Lab struct {
 	// Discovery says the gateways learn each other through gossip.
 	Discovery   bool              `json:"discovery,omitempty"`
 	Kubeconfigs map[string]string `json:"kubeconfigs,omitempty"`
+	// Kube says the Kubernetes sites run clusters of the lab's own.
+	Kube bool `json:"kube,omitempty"`
 	// VIPRange is the mesh's VIP range, if the gateways balance.
 	VIPRange netip.Prefix `json:"vipRange,omitzero"`
 	Hub      string       `json:"hub,omitempty"`
@@ -133,7 +140,7 @@ func Up(ctx context.Context, t Topology, o Options) (_ *Lab, err error) {
 		}
 	}
 	l := &Lab{Run: o.Run, Dir: filepath.Join(o.Dir, o.Run), Topology: t, Hosts: hosts, DerivedBlocks: derived, log: o.Log,
-		Discovery: o.Discovery, Kubeconfigs: o.Kubeconfigs, beforeGateways: o.BeforeGateways, VIPRange: o.VIPRange, Hub: o.Hub}
+		Discovery: o.Discovery, Kubeconfigs: o.Kubeconfigs, beforeGateways: o.BeforeGateways, VIPRange: o.VIPRange, Hub: o.Hub, Kube: o.Kube}
 	l.Bins.Gateway, l.Bins.Strait, l.Bins.WireGuard, l.Bins.WireGuardGo = o.GatewayBin, o.StraitBin, o.WireGuard, o.WireGuardGo
 	l.Bins.Interval = o.Interval.String()
 	defer func() {
@@ -152,6 +159,9 @@ func Up(ctx context.Context, t Topology, o Options) (_ *Lab, err error) {
 	}
 	l.logf("network built: %d namespaces in %s", len(hosts), time.Since(start).Round(time.Millisecond))
 	if err := l.save(); err != nil {
+		return nil, err
+	}
+	if err := l.startKube(ctx); err != nil {
 		return nil, err
 	}
 	if err := l.startGateways(ctx); err != nil {
@@ -341,6 +351,7 @@ func Leftovers(run, dir string) ([]string, error) {
 	if _, err := os.Stat(filepath.Join(dir, run)); err == nil {
 		left = append(left, "state "+filepath.Join(dir, run))
 	}
+	left = append(left, leftoverProcs(filepath.Join(dir, run))...)
 	links, err := netlink.LinkList()
 	if err != nil {
 		return nil, err

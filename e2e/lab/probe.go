@@ -77,8 +77,10 @@ func reply(name string, local, peer net.Addr) string {
 // Reply is what a lab server answered.
 type Reply struct {
 	Name string
-	// Peer is the address the server saw the client at.
-	Peer netip.AddrPort
+	// Peer is the address the server saw the client at; Local the
+	// server's own, where the connection reached it.
+	Peer  netip.AddrPort
+	Local netip.AddrPort
 }
 
 func parseReply(line string) (Reply, error) {
@@ -91,12 +93,16 @@ func parseReply(line string) (Reply, error) {
 		switch k {
 		case "name":
 			r.Name = v
-		case "peer":
+		case "peer", "local":
 			ap, err := netip.ParseAddrPort(v)
 			if err != nil {
 				return r, fmt.Errorf("reply %q: %w", line, err)
 			}
-			r.Peer = ap
+			if k == "peer" {
+				r.Peer = ap
+			} else {
+				r.Local = ap
+			}
 		}
 	}
 	return r, nil
