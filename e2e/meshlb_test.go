@@ -318,7 +318,8 @@ func TestGlobalServiceAndFirewall(t *testing.T) {
 	if err := l.EditSiteFile("cloud-a", func(d *lab.SiteDoc) { d.FirewallPolicies = []meshpolicy.Policy{policy} }); err != nil {
 		t.Fatal(err)
 	}
-	nstest.Eventually(t, 15*time.Second, "cloud-b refused at the database", func() error {
+	// A policy goes through the catalog: seconds, more on a busy machine.
+	nstest.Eventually(t, 30*time.Second, "cloud-b refused at the database", func() error {
 		_, err := lab.Request(context.Background(), fromB, dbAt(fromB), "tcp", time.Second)
 		if !errors.Is(err, syscall.ECONNREFUSED) {
 			return fmt.Errorf("cloud-b to the database: %v, want connection refused", err)
@@ -355,7 +356,8 @@ func TestGlobalServiceAndFirewall(t *testing.T) {
 	if err := l.EditSiteFile("cloud-a", func(d *lab.SiteDoc) { d.FirewallPolicies = []meshpolicy.Policy{policy} }); err != nil {
 		t.Fatal(err)
 	}
-	nstest.Eventually(t, 15*time.Second, "cloud-b reaching the database under a dry-run policy", func() error {
+	// A policy goes through the catalog: seconds, more on a busy machine.
+	nstest.Eventually(t, 30*time.Second, "cloud-b reaching the database under a dry-run policy", func() error {
 		_, err := lab.Request(context.Background(), fromB, dbAt(fromB), "tcp", time.Second)
 		return err
 	})
@@ -429,7 +431,8 @@ func TestHubBalancer(t *testing.T) {
 	if err := l.EditSiteFile("cloud-a", func(d *lab.SiteDoc) { d.FirewallPolicies = []meshpolicy.Policy{policy} }); err != nil {
 		t.Fatal(err)
 	}
-	nstest.Eventually(t, 15*time.Second, "the hub refusing cloud-b at the VIP", func() error {
+	// A policy goes through the catalog: seconds, more on a busy machine.
+	nstest.Eventually(t, 30*time.Second, "the hub refusing cloud-b at the VIP", func() error {
 		_, err := lab.Request(context.Background(), l.MustHost("cloud-b-pod1"), vip, "tcp", time.Second)
 		if !errors.Is(err, syscall.ECONNREFUSED) {
 			return fmt.Errorf("cloud-b to the VIP: %v, want connection refused", err)

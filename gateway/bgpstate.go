@@ -58,6 +58,7 @@ type bgpState struct {
 	status    BGPStatus
 	accepted  []bgp.Route
 	converged bool
+	startedAt time.Time
 	// remembered are the prefixes the last run learned (its saved
 	// inputs): the site keeps them until its routes are complete again.
 	remembered []netip.Prefix
@@ -145,13 +146,18 @@ func (b *bgpState) sync(ctx context.Context, c *bgp.Config, announce []netip.Pre
 		b.setError(err)
 		return false, err
 	}
-	taken, err := takenRoutes(b.routes)
+	local, taken, err := takenRoutes(b.routes)
 	if err != nil {
 		errs = append(errs, err)
 	}
-	accepted, refused := bgp.Screen(learned, append(slices.Clone(reserved), taken...))
+	accepted, refused := bgp.Screen(learned, append(slices.Clone(reserved), taken...), local)
 	converged := b.speaker.Converged(ctx)
 	b.mu.Lock()
+	if started := b.speaker.StartedAt(); started != b.startedAt {
+		// BGP (re)started: until its routes are complete again, what was
+		// installed stays.
+		b.startedAt, b.converged = started, false
+	}
 	if converged && !b.converged {
 		b.log.Info("bgp: routes complete; routes no peer announces any more are removed from now on", "learned", len(accepted))
 	}
@@ -161,6 +167,17 @@ func (b *bgpState) sync(ctx context.Context, c *bgp.Config, announce []netip.Pre
 	st, err := bgp.SyncRoutes(b.routes, accepted, prune)
 	if err != nil {
 		errs = append(errs, err)
+	}
+	if len(st.Failed) > 0 {
+		// A route the kernel refuses is not the site's: the mesh must not
+		// send its traffic here.
+		accepted = slices.DeleteFunc(accepted, func(r bgp.Route) bool {
+			if e := st.Failed[r.Prefix]; e != nil {
+				refused = append(refused, bgp.Refused{Route: r, Reason: "the kernel refused the route: " + e.Error()})
+				return true
+			}
+			return false
+		})
 	}
 	if st.Added+st.Removed > 0 {
 		b.log.Info("bgp: kernel routes updated", "added", st.Added, "removed", st.Removed, "learned", len(accepted))
@@ -190,25 +207,27 @@ func (b *bgpState) setError(err error) {
 	b.mu.Unlock()
 }
 
-// takenRoutes are the kernel's routes that are not the gateway's: a
-// learned route to the same prefix would replace one.
-func takenRoutes(t bgp.RouteTable) ([]bgp.Reserved, error) {
+// takenRoutes returns the host's own addresses (with their networks'
+// lengths) and what learned routes may not take: the host's networks, and
+// the prefixes of its other routes (a learned route to the same prefix
+// would replace one; a more specific one is routing as usual).
+func takenRoutes(t bgp.RouteTable) ([]netip.Prefix, []bgp.Reserved, error) {
 	conn, err := t.Connected()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var out []bgp.Reserved
 	for _, p := range conn {
-		out = append(out, bgp.Reserved{Prefix: p, What: "a network of the gateway's host"})
+		out = append(out, bgp.Reserved{Prefix: p.Masked(), What: "a network of the gateway's host"})
 	}
 	other, err := t.Foreign()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	for _, p := range other {
 		out = append(out, bgp.Reserved{Prefix: p, What: "the gateway's host", Exact: true})
 	}
-	return out, nil
+	return conn, out, nil
 }
 
 // stopped removes the running mark: the speaker stopped cleanly.
@@ -237,6 +256,13 @@ func (b *bgpState) close() {
 	}
 	if err := b.stopped(); err != nil {
 		b.log.Warn("bgp: stopping", "err", err)
+	}
+}
+
+// release closes the kernel handle.
+func (b *bgpState) release() {
+	if k, ok := b.routes.(*bgp.KernelRoutes); ok {
+		k.Close()
 	}
 }
 
@@ -285,8 +311,8 @@ func bgpAnnouncements(want desired, vips []netip.Addr) []netip.Prefix {
 }
 
 // bgpReserved are the ranges the site's routers may not claim: the
-// mesh's global CIDR and VIP range, this site's block, and every other
-// site's block and CIDRs.
+// mesh's global CIDR (every block is inside it) and VIP range, and every
+// other site's CIDRs.
 func bgpReserved(want desired) []bgp.Reserved {
 	var out []bgp.Reserved
 	if want.mesh != nil {

@@ -402,6 +402,10 @@ func parseConfig(opts Options, key wgtypes.Key, meshData, siteData []byte, in in
 	}
 	if me, ok := m.Site(opts.Site); ok && len(in.BGPRoutes) > 0 {
 		me.CIDRs = withBGPRoutes(me.CIDRs, in.BGPRoutes)
+		if m.Discovery == nil {
+			problems = append(problems, "prefixes learned by BGP reach the other gateways through the catalog only, and the mesh file has no discovery section: "+
+				"list them in this site's cidrs in the other gateways' mesh files")
+		}
 	}
 	sc := siteconf.Empty()
 	if opts.SiteFile != "" {
@@ -458,6 +462,7 @@ func (g *Gateway) start(ctx context.Context, want desired, h string) error {
 func (g *Gateway) Close() error {
 	if g.bgp != nil {
 		g.bgp.close()
+		g.bgp.release()
 	}
 	if g.disc != nil {
 		g.disc.close()

@@ -56,7 +56,7 @@ func TestScreen(t *testing.T) {
 		{Prefix: pfx("192.168.1.0/24"), NextHop: nh, Peer: "r1"},
 		{Prefix: pfx("192.168.0.0/16"), NextHop: nh, Peer: "r1"},
 	}
-	acc, ref := Screen(routes, reserved)
+	acc, ref := Screen(routes, reserved, nil)
 	wantAcc := []Route{
 		{Prefix: pfx("172.16.10.0/24"), NextHop: addr("172.31.0.253"), Peer: "r1"},
 		{Prefix: pfx("192.168.0.0/16"), NextHop: nh, Peer: "r1"},
@@ -84,6 +84,23 @@ func TestScreen(t *testing.T) {
 	}
 }
 
+func TestScreenNextHops(t *testing.T) {
+	local := []netip.Prefix{pfx("172.31.0.1/24"), pfx("198.18.2.2/24")}
+	routes := []Route{
+		{Prefix: pfx("172.16.1.0/24"), NextHop: addr("172.31.0.254")},
+		{Prefix: pfx("172.16.2.0/24"), NextHop: addr("172.31.0.1")},
+		{Prefix: pfx("172.16.3.0/24"), NextHop: addr("10.9.9.9")},
+	}
+	acc, ref := Screen(routes, nil, local)
+	if len(acc) != 1 || acc[0].Prefix != pfx("172.16.1.0/24") {
+		t.Errorf("accepted %+v", acc)
+	}
+	want := []string{"its next hop 172.31.0.1 is the gateway itself", "its next hop 10.9.9.9 is on none of the gateway's networks"}
+	if len(ref) != 2 || ref[0].Reason != want[0] || ref[1].Reason != want[1] {
+		t.Errorf("refused %+v, want %q", ref, want)
+	}
+}
+
 func TestValidate(t *testing.T) {
 	good := Config{ASN: 64512, RouterID: addr("10.0.0.1"), Peers: []Peer{{Name: "r", Address: addr("10.0.0.2"), ASN: 64513}}}
 	if err := good.Validate(); err != nil {
@@ -95,6 +112,9 @@ func TestValidate(t *testing.T) {
 	}{
 		{func(c *Config) { c.ASN = 0 }, "asn: required"},
 		{func(c *Config) { c.RouterID = netip.Addr{} }, "routerID"},
+		{func(c *Config) { c.RouterID = addr("0.0.0.0") }, "routerID: \"0.0.0.0\" is not a unicast IPv4 address"},
+		{func(c *Config) { c.Peers[0].Address = addr("10.0.0.1") }, "peers[0].address: 10.0.0.1 is the gateway's own router ID"},
+		{func(c *Config) { c.Peers[0].Address = addr("224.0.0.5") }, "peers[0].address: \"224.0.0.5\" is not a unicast"},
 		{func(c *Config) { c.Peers = nil }, "peers: at least one"},
 		{func(c *Config) { c.Peers = append(c.Peers, Peer{Name: "r", Address: addr("10.0.0.3"), ASN: 1}) }, `peers[1].name: "r" appears twice`},
 		{func(c *Config) { c.Peers[0].ASN = 0 }, "peers[0].asn: required"},
@@ -142,16 +162,16 @@ func TestSyncRoutes(t *testing.T) {
 	want := []Route{{Prefix: pfx("172.16.1.0/24"), NextHop: nh2}, {Prefix: pfx("172.16.3.0/24"), NextHop: nh}}
 	// Before the routes learned are complete: nothing goes.
 	st, err := SyncRoutes(tab, want, false)
-	if err != nil || st != (SyncStats{Added: 2}) || len(tab.routes) != 3 || tab.routes[pfx("172.16.1.0/24")] != nh2 {
+	if err != nil || st.Added != 2 || st.Removed != 0 || len(tab.routes) != 3 || tab.routes[pfx("172.16.1.0/24")] != nh2 {
 		t.Fatalf("without prune: %+v %v %v", st, err, tab.routes)
 	}
 	st, err = SyncRoutes(tab, want, true)
-	if err != nil || st != (SyncStats{Removed: 1}) || len(tab.routes) != 2 {
+	if err != nil || st.Added != 0 || st.Removed != 1 || len(tab.routes) != 2 {
 		t.Fatalf("with prune: %+v %v %v", st, err, tab.routes)
 	}
 	tab.fail = pfx("172.16.4.0/24")
 	st, err = SyncRoutes(tab, append(want, Route{Prefix: tab.fail, NextHop: nh}), true)
-	if err == nil || st != (SyncStats{}) || len(tab.routes) != 2 {
+	if err == nil || st.Added+st.Removed != 0 || st.Failed[tab.fail] == nil || len(st.Failed) != 1 || len(tab.routes) != 2 {
 		t.Fatalf("a failing route: %+v %v %v", st, err, tab.routes)
 	}
 }

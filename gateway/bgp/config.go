@@ -119,8 +119,8 @@ func (c Config) Validate() error {
 	if c.ASN == 0 {
 		fail("asn: required (1 to 4294967295)")
 	}
-	if !c.RouterID.Is4() {
-		fail("routerID: %q is not an IPv4 address", c.RouterID)
+	if !c.RouterID.Is4() || c.RouterID.IsUnspecified() || c.RouterID.IsMulticast() || c.RouterID == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+		fail("routerID: %q is not a unicast IPv4 address", c.RouterID)
 	}
 	if c.ListenPort < -1 || c.ListenPort > 65535 {
 		fail("listenPort: %d is not a port (-1: do not listen)", c.ListenPort)
@@ -144,8 +144,10 @@ func (c Config) Validate() error {
 			fail("%s.name: %q appears twice", at, p.Name)
 		}
 		names[p.Name] = true
-		if !p.Address.Is4() {
-			fail("%s.address: %q is not an IPv4 address", at, p.Address)
+		if !p.Address.Is4() || p.Address.IsUnspecified() || p.Address.IsMulticast() || p.Address == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+			fail("%s.address: %q is not a unicast IPv4 address", at, p.Address)
+		} else if p.Address == c.RouterID {
+			fail("%s.address: %s is the gateway's own router ID", at, p.Address)
 		} else if addrs[p.Address] {
 			fail("%s.address: %s appears twice", at, p.Address)
 		}

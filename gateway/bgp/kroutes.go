@@ -21,15 +21,20 @@ type RouteTable interface {
 	List() ([]Route, error)
 	Replace(Route) error
 	Delete(Route) error
-	// Connected returns the networks of the host's own addresses.
+	// Connected returns the host's own addresses with the length of
+	// their networks (192.0.2.1/24).
 	Connected() ([]netip.Prefix, error)
 	// Foreign returns the destinations of the main table's other routes
 	// (not the gateway's, not connected, not default).
 	Foreign() ([]netip.Prefix, error)
 }
 
-// SyncStats counts what a sync changed.
-type SyncStats struct{ Added, Removed int }
+// SyncStats counts what a sync changed; Failed are the routes the kernel
+// refused, and why.
+type SyncStats struct {
+	Added, Removed int
+	Failed         map[netip.Prefix]error
+}
 
 // SyncRoutes makes the table's marked routes those of want: it adds or
 // replaces what is missing or different and, when prune is set, removes
@@ -54,6 +59,10 @@ func SyncRoutes(t RouteTable, want []Route, prune bool) (SyncStats, error) {
 		}
 		if err := t.Replace(r); err != nil {
 			errs = append(errs, err)
+			if st.Failed == nil {
+				st.Failed = map[netip.Prefix]error{}
+			}
+			st.Failed[r.Prefix] = err
 			continue
 		}
 		st.Added++
@@ -136,8 +145,8 @@ func (k *KernelRoutes) route(r Route) *netlink.Route {
 	}
 }
 
-// Connected returns the networks of the namespace's IPv4 addresses, but
-// loopback's.
+// Connected returns the namespace's IPv4 addresses, but loopback's, with
+// the length of their networks.
 func (k *KernelRoutes) Connected() ([]netip.Prefix, error) {
 	as, err := k.h.AddrList(nil, netlink.FAMILY_V4)
 	if err != nil {
@@ -145,11 +154,12 @@ func (k *KernelRoutes) Connected() ([]netip.Prefix, error) {
 	}
 	var out []netip.Prefix
 	for _, a := range as {
-		p, ok := prefixOf(a.IPNet)
-		if !ok || p.Addr().IsLoopback() {
+		ip, ok := netip.AddrFromSlice(a.IP.To4())
+		ones, bits := a.Mask.Size()
+		if !ok || bits != 32 || ip.IsLoopback() {
 			continue
 		}
-		out = append(out, p.Masked())
+		out = append(out, netip.PrefixFrom(ip, ones))
 	}
 	return out, nil
 }

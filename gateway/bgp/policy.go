@@ -13,12 +13,13 @@ const (
 )
 
 // policies turns the configuration's filters into gobgp policy: the import
-// filter accepts what an import rule matches and rejects the rest (none:
-// everything); the export filter accepts what an export rule matches and
-// rejects the rest, or accepts all when there are no export rules. Both
-// policies always exist, so that the assignments (assignments) that name
-// them never change; gobgp's SetPolicies replaces sets and policies but
-// keeps assignments.
+// filter accepts what an import rule matches and rejects the rest (no
+// rules: nothing); the export filter accepts the gateway's own
+// announcements that an export rule matches, or all of them when there are
+// no export rules, and nothing else: a route one router announces is never
+// passed on to another. Both policies always exist, so that the
+// assignments (assignments) that name them never change; gobgp's
+// SetPolicies replaces sets and policies but keeps assignments.
 func policies(c Config) *api.SetPoliciesRequest {
 	req := &api.SetPoliciesRequest{}
 	// gobgp passes the gateway's own announcements through the import
@@ -33,12 +34,15 @@ func policies(c Config) *api.SetPoliciesRequest {
 		in.Statements = append(in.Statements, acceptSet(importPolicy, importSet))
 	}
 	out := &api.Policy{Name: exportPolicy, Statements: []*api.Statement{{
-		Name:    exportPolicy + "-all",
-		Actions: &api.Actions{RouteAction: api.RouteAction_ACCEPT},
+		Name:       exportPolicy + "-local",
+		Conditions: &api.Conditions{RouteType: api.Conditions_ROUTE_TYPE_LOCAL},
+		Actions:    &api.Actions{RouteAction: api.RouteAction_ACCEPT},
 	}}}
 	if len(c.Export) > 0 {
 		req.DefinedSets = append(req.DefinedSets, prefixSet(exportSet, c.Export))
-		out.Statements = []*api.Statement{acceptSet(exportPolicy, exportSet)}
+		st := acceptSet(exportPolicy, exportSet)
+		st.Conditions.RouteType = api.Conditions_ROUTE_TYPE_LOCAL
+		out.Statements = []*api.Statement{st}
 	}
 	req.Policies = []*api.Policy{in, out}
 	return req

@@ -41,7 +41,11 @@ type Refused struct {
 // elsewhere, and a route whose next hop lies inside it cannot be
 // resolved. Of several routes to one prefix the first (by peer name, then
 // next hop) is used. Both results are sorted by prefix.
-func Screen(routes []Route, reserved []Reserved) (accepted []Route, refused []Refused) {
+//
+// local, when given, are the host's own addresses with the length of their
+// networks: a next hop must be on one of those networks (the kernel
+// installs a route through a neighbour only) and not the host itself.
+func Screen(routes []Route, reserved []Reserved, local []netip.Prefix) (accepted []Route, refused []Refused) {
 	routes = slices.Clone(routes)
 	slices.SortFunc(routes, func(a, b Route) int {
 		return cmp.Or(comparePrefix(a.Prefix, b.Prefix), cmp.Compare(a.Peer, b.Peer), a.NextHop.Compare(b.NextHop))
@@ -50,7 +54,11 @@ func Screen(routes []Route, reserved []Reserved) (accepted []Route, refused []Re
 		if i > 0 && routes[i-1].Prefix == r.Prefix {
 			continue // the same prefix through another peer: one route is kept
 		}
-		if why := screenOne(r, reserved); why != "" {
+		why := screenOne(r, reserved)
+		if why == "" && local != nil {
+			why = nextHopOf(r, local)
+		}
+		if why != "" {
 			refused = append(refused, Refused{Route: r, Reason: why})
 			continue
 		}
@@ -84,6 +92,21 @@ func screenOne(r Route, reserved []Reserved) string {
 		}
 	}
 	return ""
+}
+
+// nextHopOf says why r's next hop cannot carry it, or "".
+func nextHopOf(r Route, local []netip.Prefix) string {
+	for _, l := range local {
+		if l.Addr() == r.NextHop {
+			return fmt.Sprintf("its next hop %s is the gateway itself", r.NextHop)
+		}
+	}
+	for _, l := range local {
+		if l.Masked().Contains(r.NextHop) {
+			return ""
+		}
+	}
+	return fmt.Sprintf("its next hop %s is on none of the gateway's networks", r.NextHop)
 }
 
 func comparePrefix(a, b netip.Prefix) int {

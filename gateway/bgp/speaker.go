@@ -55,6 +55,9 @@ type Speaker struct {
 	wanted    []netip.Prefix
 	// stopWatch ends the event watch.
 	stopWatch context.CancelFunc
+	// restarting is Options.Restarting until the first configuration is
+	// in place.
+	restarting bool
 }
 
 var ipv4Unicast = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
@@ -70,7 +73,7 @@ func New(o Options) *Speaker {
 	log := o.Logger.With("component", "bgp")
 	srv := server.NewBgpServer(server.LoggerOption(slogAdapter{log}))
 	go srv.Serve() // never returns; see Speaker
-	return &Speaker{srv: srv, log: log, opts: o, announced: map[netip.Prefix][]byte{}}
+	return &Speaker{srv: srv, log: log, opts: o, announced: map[netip.Prefix][]byte{}, restarting: o.Restarting}
 }
 
 // Configure brings the speaker to c: starts BGP (again, when the ASN,
@@ -134,7 +137,7 @@ func (s *Speaker) Configure(ctx context.Context, c Config) error {
 		old[p.Address] = p
 	}
 	for _, p := range c.Peers {
-		if o, ok := old[p.Address]; ok && o == p {
+		if o, ok := old[p.Address]; ok && sameSession(s.cfg, c, o, p) {
 			delete(old, p.Address)
 			continue
 		}
@@ -154,11 +157,32 @@ func (s *Speaker) Configure(ctx context.Context, c Config) error {
 		}
 	}
 	s.cfg = c
+	// Only the sessions of the first start come back from the crash; a
+	// peer added later is new.
+	s.restarting = false
 	return nil
 }
 
+// StartedAt says when BGP last started; zero while stopped.
+func (s *Speaker) StartedAt() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.running {
+		return time.Time{}
+	}
+	return s.started
+}
+
+// sameGlobal says whether a and b start BGP the same way; the rest is
+// per peer.
 func sameGlobal(a, b Config) bool {
-	return a.ASN == b.ASN && a.RouterID == b.RouterID && a.ListenPort == b.ListenPort &&
+	return a.ASN == b.ASN && a.RouterID == b.RouterID && a.ListenPort == b.ListenPort
+}
+
+// sameSession says whether a peer's session stays as it is from a to b:
+// its name is only a description.
+func sameSession(a, b Config, p, q Peer) bool {
+	return p.Address == q.Address && p.ASN == q.ASN && p.Port == q.Port &&
 		a.HoldTime == b.HoldTime && a.RestartTime == b.RestartTime
 }
 
@@ -168,8 +192,12 @@ func equalPolicies(a, b *api.SetPoliciesRequest) bool {
 
 // startLocked starts BGP with c's global settings; s.mu is held.
 func (s *Speaker) startLocked(ctx context.Context, c Config) error {
-	g := &api.Global{Asn: c.ASN, RouterId: c.RouterID.String(), ListenPort: int32(c.ListenPort)}
+	// IPv4 only: the mesh is, and gobgp would leave the IPv4 listener
+	// open when the IPv6 one fails (IPv6 off), so that no start after
+	// could bind the port again.
+	g := &api.Global{Asn: c.ASN, RouterId: c.RouterID.String(), ListenPort: int32(c.ListenPort), ListenAddresses: []string{"0.0.0.0"}}
 	if err := s.srv.StartBgp(ctx, &api.StartBgpRequest{Global: g}); err != nil {
+		s.srv.StopBgp(ctx, &api.StopBgpRequest{}) // close what it opened
 		return fmt.Errorf("bgp: start (asn %d, router ID %s, port %d): %w", c.ASN, c.RouterID, c.ListenPort, err)
 	}
 	wctx, cancel := context.WithCancel(context.Background())
@@ -211,7 +239,7 @@ func (s *Speaker) peerOf(c Config, p Peer) *api.Peer {
 		GracefulRestart: &api.GracefulRestart{
 			Enabled:         true,
 			RestartTime:     uint32(c.RestartTime / time.Second),
-			LocalRestarting: s.opts.Restarting,
+			LocalRestarting: s.restarting,
 			DeferralTime:    uint32(c.RestartTime / time.Second),
 		},
 		AfiSafis: []*api.AfiSafi{{

@@ -45,7 +45,7 @@ type lab struct {
 func newLab(t *testing.T) *lab {
 	t.Helper()
 	nstest.RequireRoot(t)
-	nstest.RequireCommands(t, "nft")
+	nstest.RequireCommands(t, "nft", "conntrack")
 	l := &lab{client: nstest.New(t, "fwc"), gw: nstest.New(t, "fwg"), server: nstest.New(t, "fws")}
 	var clientNets []string
 	for _, a := range clientAddrs {
