@@ -80,8 +80,9 @@ func run(args []string) error {
 	fs.DurationVar(&o.Interval, "interval", 10*time.Second, "how often to repair drift")
 	fs.BoolVar(&o.NoPolicy, "no-policy", false, "do not enforce NetworkPolicy")
 	fs.StringVar(&o.BPFPinDir, "bpf-pin-dir", nodeagent.DefaultBPFPinDir, "bpffs directory that keeps policy enforcement across agent restarts (empty: none; the bpffs is mounted at /sys/fs/bpf if missing)")
-	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
-	logFormat := fs.String("log-format", "json", "log format: json or text")
+	logLevel, logFormat := new(string), new(string)
+	cli.ChoiceVar(fs, logLevel, "log-level", "info", []string{"debug", "info", "warn", "error"}, "log level: debug, info, warn, error")
+	cli.ChoiceVar(fs, logFormat, "log-format", "json", []string{"json", "text"}, "log format: json or text")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), "Usage: strait-agent run --node NAME [flags]\n\nFlags:\n")
 		fs.PrintDefaults()

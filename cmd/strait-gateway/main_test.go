@@ -106,10 +106,11 @@ func TestRunEnv(t *testing.T) {
 	}{
 		{nil, map[string]string{"STRAIT_LEADER_ELECT_RENEW_DEADLINE": "soon"}, `STRAIT_LEADER_ELECT_RENEW_DEADLINE="soon": not a duration`},
 		{nil, map[string]string{"STRAIT_LEADER_ELECT": "maybe"}, `STRAIT_LEADER_ELECT="maybe": not a boolean`},
-		{nil, map[string]string{"STRAIT_KUBERNETES": "sometimes"}, `--kubernetes "sometimes": want on, off or auto`},
-		{[]string{"--kubernetes", "off"}, map[string]string{"STRAIT_KUBERNETES": "sometimes", "STRAIT_ALLOCATIONS": "disk"}, `--allocations "disk": want file or kubernetes`},
+		{nil, map[string]string{"STRAIT_KUBERNETES": "sometimes"}, `STRAIT_KUBERNETES="sometimes": want on, off or auto`},
+		{[]string{"--kubernetes", "off"}, map[string]string{"STRAIT_KUBERNETES": "sometimes", "STRAIT_ALLOCATIONS": "disk"}, `STRAIT_ALLOCATIONS="disk": want file or kubernetes`},
 		{[]string{"--kubernetes", "off", "--allocations", "file"}, map[string]string{"STRAIT_LEADER_ELECT": "1", "STRAIT_KUBECONFIG": "/nonexistent/kubeconfig"}, "--kubeconfig /nonexistent/kubeconfig"},
-		{[]string{"--kubernetes", "off", "--leader-elect=false", "--site", ""}, map[string]string{"STRAIT_LEADER_ELECT": "1", "STRAIT_SITE": "x", "STRAIT_LOG_LEVEL": "loud"}, `--log-level "loud"`},
+		{[]string{"--kubernetes", "off", "--leader-elect=false", "--site", ""}, map[string]string{"STRAIT_LEADER_ELECT": "1", "STRAIT_SITE": "x", "STRAIT_LOG_LEVEL": "loud"}, `STRAIT_LOG_LEVEL="loud": want debug, info, warn or error`},
+		{[]string{"--wireguard", "magic"}, nil, `invalid value "magic" for flag -wireguard: want auto, kernel, userspace or wireguard-go`},
 	} {
 		t.Run(tc.want, func(t *testing.T) {
 			for k, v := range tc.env {

@@ -3,6 +3,7 @@ package lab
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -374,7 +375,17 @@ func readConntrack(h Host) ([]Flow, error) {
 		return nil, err
 	}
 	defer nh.Close()
-	entries, err := nh.ConntrackTableList(netlink.ConntrackTable, netlink.FAMILY_V4)
+	// A table that changes during the dump interrupts it: dump again.
+	var entries []*netlink.ConntrackFlow
+	for try := 0; ; try++ {
+		entries, err = nh.ConntrackTableList(netlink.ConntrackTable, netlink.FAMILY_V4)
+		if err == nil || !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+		if try == 4 {
+			return nil, fmt.Errorf("lab: conntrack of %s: interrupted 5 times: %w", h.Name, err)
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("lab: conntrack of %s: %w", h.Name, err)
 	}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -67,6 +68,44 @@ const EnvPrefix = "STRAIT_"
 // name in upper case, with its dashes (and dots) as underscores.
 func EnvName(prefix, flagName string) string {
 	return prefix + strings.NewReplacer("-", "_", ".", "_").Replace(strings.ToUpper(flagName))
+}
+
+// Choice is a flag value that must be one of Allowed: a wrong value is
+// refused when it is set, from the command line or the environment, with
+// what is allowed.
+type Choice struct {
+	Value   *string
+	Allowed []string
+}
+
+// ChoiceVar defines a Choice flag with default def.
+func ChoiceVar(fs *flag.FlagSet, p *string, name, def string, allowed []string, usage string) {
+	*p = def
+	fs.Var(Choice{Value: p, Allowed: allowed}, name, usage)
+}
+
+func (c Choice) String() string {
+	if c.Value == nil {
+		return ""
+	}
+	return *c.Value
+}
+
+// Set takes s if it is allowed.
+func (c Choice) Set(s string) error {
+	if !slices.Contains(c.Allowed, s) {
+		return fmt.Errorf("want %s", orList(c.Allowed))
+	}
+	*c.Value = s
+	return nil
+}
+
+// orList is "a, b or c".
+func orList(xs []string) string {
+	if len(xs) < 2 {
+		return strings.Join(xs, "")
+	}
+	return strings.Join(xs[:len(xs)-1], ", ") + " or " + xs[len(xs)-1]
 }
 
 // FlagsFromEnv sets each flag of fs that the command line did not set

@@ -189,3 +189,20 @@ func TestEnvName(t *testing.T) {
 		t.Errorf("EnvUsage:\n%s", u)
 	}
 }
+
+func TestChoice(t *testing.T) {
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var v string
+	ChoiceVar(fs, &v, "mode", "auto", []string{"on", "off", "auto"}, "")
+	if v != "auto" {
+		t.Fatalf("default %q", v)
+	}
+	if err := fs.Parse([]string{"--mode", "on"}); err != nil || v != "on" {
+		t.Fatalf("--mode on: %v %q", err, v)
+	}
+	err := fs.Parse([]string{"--mode", "sometimes"})
+	if err == nil || !strings.Contains(err.Error(), "want on, off or auto") || v != "on" {
+		t.Fatalf("--mode sometimes: %v, value %q", err, v)
+	}
+}

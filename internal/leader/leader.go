@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -111,11 +112,11 @@ func Run(ctx context.Context, cfg Config, run func(ctx context.Context) error) e
 		return err
 	}
 	log := cfg.Logger.With("component", "leader", "lease", cfg.Namespace+"/"+cfg.Name, "identity", cfg.Identity)
-	lock := &resourcelock.LeaseLock{
+	lock := &watchedLock{Interface: &resourcelock.LeaseLock{
 		LeaseMeta:  metav1.ObjectMeta{Namespace: cfg.Namespace, Name: cfg.Name},
 		Client:     cfg.Client.CoordinationV1(),
 		LockConfig: resourcelock.ResourceLockConfig{Identity: cfg.Identity},
-	}
+	}}
 	// OnStartedLeading is called at most once per elector run, on a
 	// goroutine of its own: it only hands the leader's context over,
 	// and run runs here.
@@ -176,10 +177,41 @@ func Run(ctx context.Context, cfg Config, run func(ctx context.Context) error) e
 	log.Info("leader: leading")
 	runCtx, cancelRun := context.WithCancel(ctx)
 	unwatch := context.AfterFunc(lctx, cancelRun) // the elector stopped renewing
+	// client-go ends the leader's context only after its last renewal
+	// attempt and a release attempt, which may hang on an unreachable API
+	// server past the moment a standby may take the lease: run is stopped
+	// here once the renew deadline has passed since the last renewal.
+	expired := make(chan struct{})
+	watchdog := make(chan struct{})
+	go func() {
+		defer close(watchdog)
+		t := time.NewTicker(cfg.RetryPeriod / 4)
+		defer t.Stop()
+		for {
+			select {
+			case <-runCtx.Done():
+				return
+			case <-t.C:
+				if time.Since(lock.lastRenewal()) > cfg.RenewDeadline {
+					log.Warn("leader: no renewal within the renew deadline; stopping before a standby may take over", "deadline", cfg.RenewDeadline)
+					close(expired)
+					cancelRun()
+					return
+				}
+			}
+		}
+	}()
 	begun := time.Now()
 	runErr := run(runCtx)
-	lost := !unwatch() && ctx.Err() == nil
 	cancelRun()
+	<-watchdog
+	renewFailed := false
+	select {
+	case <-expired:
+		renewFailed = true
+	default:
+	}
+	lost := (!unwatch() || renewFailed) && ctx.Err() == nil
 	stopElection() // releases the lease if it is still ours
 	<-elected
 	if lost {
@@ -188,4 +220,41 @@ func Run(ctx context.Context, cfg Config, run func(ctx context.Context) error) e
 	}
 	log.Info("leader: stopped leading; lease released", "led", time.Since(begun).Round(time.Millisecond))
 	return runErr
+}
+
+// watchedLock is a lock that remembers when it last wrote the lease: the
+// acquisition and each renewal.
+type watchedLock struct {
+	resourcelock.Interface
+	mu      sync.Mutex
+	renewed time.Time
+}
+
+func (l *watchedLock) Create(ctx context.Context, r resourcelock.LeaderElectionRecord) error {
+	at := time.Now() // before the write: the lease counts from no later
+	err := l.Interface.Create(ctx, r)
+	l.wrote(at, err)
+	return err
+}
+
+func (l *watchedLock) Update(ctx context.Context, r resourcelock.LeaderElectionRecord) error {
+	at := time.Now()
+	err := l.Interface.Update(ctx, r)
+	l.wrote(at, err)
+	return err
+}
+
+func (l *watchedLock) wrote(at time.Time, err error) {
+	if err != nil {
+		return
+	}
+	l.mu.Lock()
+	l.renewed = at
+	l.mu.Unlock()
+}
+
+func (l *watchedLock) lastRenewal() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.renewed
 }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -143,6 +145,48 @@ func TestElection(t *testing.T) {
 	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+
+	t.Run("partition", func(t *testing.T) {
+		// The API server becomes unreachable (requests hang until their
+		// timeout): the leader must stop before a standby may take the
+		// lease, a lease duration after its last renewal.
+		var cut atomic.Bool
+		rc := srv.Config()
+		rc.Timeout = time.Second
+		rc.WrapTransport = func(rt http.RoundTripper) http.RoundTripper {
+			return roundTripper(func(r *http.Request) (*http.Response, error) {
+				if cut.Load() {
+					<-r.Context().Done()
+					return nil, r.Context().Err()
+				}
+				return rt.RoundTrip(r)
+			})
+		}
+		pc, err := kubernetes.NewForConfig(rc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := config(pc, "partition", "a")
+		cfg.LeaseDuration, cfg.RenewDeadline, cfg.RetryPeriod = 3*time.Second, 2*time.Second, 200*time.Millisecond
+		a := start(t, cfg, 0, nil)
+		waitStarted(t, 10*time.Second, a)
+		time.Sleep(time.Second) // a few renewals
+		cut.Store(true)
+		at := time.Now()
+		select {
+		case <-a.finished:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the leader still runs 10s after the API server became unreachable")
+		}
+		if took := time.Since(at); took >= cfg.LeaseDuration {
+			t.Errorf("the leader stopped %s after the API server became unreachable; a standby may take the lease after %s", took, cfg.LeaseDuration)
+		} else {
+			t.Logf("the leader stopped %s after the API server became unreachable (lease %s)", took.Round(time.Millisecond), cfg.LeaseDuration)
+		}
+		if err := a.wait(t); !errors.Is(err, leader.ErrLost) {
+			t.Errorf("Run returned %v, want ErrLost", err)
+		}
+	})
 
 	t.Run("handover", func(t *testing.T) {
 		a := start(t, config(client, "handover", "a"), 300*time.Millisecond, nil)
@@ -292,3 +336,7 @@ func TestConfig(t *testing.T) {
 		})
 	}
 }
+
+type roundTripper func(*http.Request) (*http.Response, error)
+
+func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
