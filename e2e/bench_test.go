@@ -45,6 +45,8 @@ func TestBenchmarksRun(t *testing.T) {
 		// 1,000 rules, one round: the compiled program, the table and
 		// the allowed connection still checked.
 		{name: "firewall", rounds: 1, size: 1000},
+		// 500 routes, one round: both sides still install and remove all.
+		{name: "bgp", rounds: 1, size: 500, needs: []string{"bird", "birdc"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			nstest.RequireCommands(t, tt.needs...)

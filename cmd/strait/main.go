@@ -7,6 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
+
+	"github.com/straitnet/strait/e2e/bench"
 )
 
 // version is set at build time (-ldflags "-X main.version=...").
@@ -58,6 +60,8 @@ func main() {
 		err = statusCmd(os.Args[2:])
 	case "bench":
 		err = benchCmd(os.Args[2:])
+	case "bench-bgp-receiver": // the gateway side of `strait bench bgp`, inside its namespace
+		err = bench.BGPReceiverMain(os.Args[2:])
 	case "version":
 		fmt.Println("strait", version)
 	case "-h", "--help", "help":
