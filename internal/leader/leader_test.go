@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/straitnet/strait/e2e/kube/kubetest"
 	"github.com/straitnet/strait/internal/leader"
@@ -240,13 +241,19 @@ func TestElection(t *testing.T) {
 		waitStarted(t, 10*time.Second, a)
 		// Someone else takes the lease (as a partitioned leader would find
 		// when it comes back): the leader cannot renew and stops.
-		l, err := client.CoordinationV1().Leases(ns).Get(ctx, "lost", metav1.GetOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		thief, secs, now := "thief", int32(60), metav1.NewMicroTime(time.Now())
-		l.Spec = coordinationv1.LeaseSpec{HolderIdentity: &thief, LeaseDurationSeconds: &secs, AcquireTime: &now, RenewTime: &now}
-		if _, err := client.CoordinationV1().Leases(ns).Update(ctx, l, metav1.UpdateOptions{}); err != nil {
+		// The leader renews every retry period: a write between our read
+		// and ours is a conflict, and the theft is tried again.
+		thief, secs := "thief", int32(60)
+		if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			l, err := client.CoordinationV1().Leases(ns).Get(ctx, "lost", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			now := metav1.NewMicroTime(time.Now())
+			l.Spec = coordinationv1.LeaseSpec{HolderIdentity: &thief, LeaseDurationSeconds: &secs, AcquireTime: &now, RenewTime: &now}
+			_, err = client.CoordinationV1().Leases(ns).Update(ctx, l, metav1.UpdateOptions{})
+			return err
+		}); err != nil {
 			t.Fatal(err)
 		}
 		select {
