@@ -119,7 +119,7 @@ func (c Config) Validate() error {
 	if c.ASN == 0 {
 		fail("asn: required (1 to 4294967295)")
 	}
-	if !c.RouterID.Is4() || c.RouterID.IsUnspecified() || c.RouterID.IsMulticast() || c.RouterID == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+	if !unicast4(c.RouterID) {
 		fail("routerID: %q is not a unicast IPv4 address", c.RouterID)
 	}
 	if c.ListenPort < -1 || c.ListenPort > 65535 {
@@ -144,7 +144,7 @@ func (c Config) Validate() error {
 			fail("%s.name: %q appears twice", at, p.Name)
 		}
 		names[p.Name] = true
-		if !p.Address.Is4() || p.Address.IsUnspecified() || p.Address.IsMulticast() || p.Address == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+		if !unicast4(p.Address) {
 			fail("%s.address: %q is not a unicast IPv4 address", at, p.Address)
 		} else if p.Address == c.RouterID {
 			fail("%s.address: %s is the gateway's own router ID", at, p.Address)
@@ -174,4 +174,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("bgp: %s", strings.Join(errs, "; "))
 	}
 	return nil
+}
+
+// unicast4 says whether a is an IPv4 address a host can have: not
+// unspecified, multicast or the broadcast address.
+func unicast4(a netip.Addr) bool {
+	return a.Is4() && !a.IsUnspecified() && !a.IsMulticast() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
 }

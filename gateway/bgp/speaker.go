@@ -261,20 +261,9 @@ func (s *Speaker) Announce(ctx context.Context, ps []netip.Prefix) error {
 	for _, p := range ps {
 		p = p.Masked()
 		want[p] = true
-		if _, ok := s.announced[p]; ok {
-			continue
-		}
-		path, err := localPath(p)
-		if err != nil {
+		if err := s.addLocked(ctx, p); err != nil {
 			errs = append(errs, err)
-			continue
 		}
-		res, err := s.srv.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: path})
-		if err != nil {
-			errs = append(errs, fmt.Errorf("bgp: announce %s: %w", p, err))
-			continue
-		}
-		s.announced[p] = res.Uuid
 	}
 	for p, id := range s.announced {
 		if want[p] {
@@ -297,20 +286,27 @@ func exported(rules []PrefixRule, p netip.Prefix) bool {
 // reannounce puts back the paths Configure withdrew; s.mu is held.
 func (s *Speaker) reannounce(ctx context.Context) {
 	for _, p := range s.wanted {
-		if _, ok := s.announced[p]; ok {
-			continue
-		}
-		path, err := localPath(p)
-		if err != nil {
-			continue
-		}
-		res, err := s.srv.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: path})
-		if err != nil {
+		if err := s.addLocked(ctx, p); err != nil {
 			s.log.Warn("bgp: announcing again after a filter change", "prefix", p, "err", err)
-			continue
 		}
-		s.announced[p] = res.Uuid
 	}
+}
+
+// addLocked announces p unless it is announced already; s.mu is held.
+func (s *Speaker) addLocked(ctx context.Context, p netip.Prefix) error {
+	if _, ok := s.announced[p]; ok {
+		return nil
+	}
+	path, err := localPath(p)
+	if err != nil {
+		return err
+	}
+	res, err := s.srv.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: path})
+	if err != nil {
+		return fmt.Errorf("bgp: announce %s: %w", p, err)
+	}
+	s.announced[p] = res.Uuid
+	return nil
 }
 
 // localPath is a path to p originated here; gobgp puts the session's own
